@@ -1,0 +1,77 @@
+"""Shared fixtures: the real bundled embedder, a real Chroma server, tiny random backbones."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent_memory.config import StoreConfig
+from agent_memory.embedder import OnnxEmbedder
+from agent_memory.store import EpisodicStore
+from agent_memory.store.server import ChromaServer
+
+BACKENDS = ["memory", "embedded", "server"]
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real default embedder (all-MiniLM-L6-v2 via ONNX Runtime)."""
+    return OnnxEmbedder.bundled()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """A real `chroma run` on 127.0.0.1, shared by the session; each test uses its own collections."""
+    with ChromaServer(tmp_path_factory.mktemp("chroma-server")) as server:
+        yield server
+
+
+def make_store(kind: str, embedder, tmp_path: Path, request, config: StoreConfig | None = None) -> EpisodicStore:
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    config = config or StoreConfig(collection_prefix=prefix)
+    if kind == "memory":
+        return EpisodicStore.in_memory(embedder, config)
+    if kind == "embedded":
+        return EpisodicStore.embedded(tmp_path / "store", embedder, config)
+    server = request.getfixturevalue("chroma_server")
+    return EpisodicStore.server(server.url, embedder, config)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, embedder, tmp_path) -> EpisodicStore:
+    """The same contract, against each backend: in-memory twin, embedded Chroma, Chroma server."""
+    return make_store(request.param, embedder, tmp_path, request)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer Llama with a word-level tokenizer and a chat template, on disk."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = "the a is in to of and what where when who did does maria moved lisbon city live dog name".split()
+    specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>", "system", "user", "assistant", "\n", ":"]
+    vocab = {tok: i for i, tok in enumerate(specials + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|> {{ m['role'] }} : {{ m['content'] }} <|im_end|> {% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|> assistant : {% endif %}"
+    )
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+        eos_token_id=vocab["<|im_end|>"], pad_token_id=vocab["<pad>"], bos_token_id=vocab["<|im_start|>"],
+    )
+    import torch
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,102 @@
+"""The CLI contract that scripts and later issues rely on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_memory.cli import main
+
+
+@pytest.fixture
+def cli(tmp_path, capsys):
+    home = tmp_path / "home"
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = 0
+        try:
+            main(["--home", str(home), *args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    run.home = home
+    return run
+
+
+def test_add_search_list_get_delete(cli):
+    code, out, _ = cli("add", "--user", "maria", "--agent", "companion", "--session", "s1", "--speaker", "Maria",
+                       "--at", "2023-05-02T10:15:00+01:00", "I moved to Lisbon from Toronto.")
+    assert code == 0 and out.strip().startswith("ep_")
+    first = out.strip()
+    code, out, _ = cli("add", "--user", "maria", "--json", "My dog is called Biscuit.")
+    second = json.loads(out)["id"]
+    code, out, _ = cli("search", "--user", "maria", "-k", "1", "--json", "what is the dog called")
+    hits = json.loads(out)
+    assert code == 0 and len(hits) == 1
+    assert {"id", "text", "score", "timestamp", "session_id"} <= set(hits[0]) and hits[0]["id"] == second
+    code, out, _ = cli("search", "--user", "maria", "--session", "s1", "--agent", "companion", "--json", "dog")
+    assert [h["id"] for h in json.loads(out)] == [first], "session scope narrows the search"
+    code, out, _ = cli("list", "--user", "maria", "--json")
+    listed = json.loads(out)
+    assert [e["id"] for e in listed] == [first, second]
+    assert listed[0]["timestamp"] == "2023-05-02T10:15:00+01:00"
+    code, out, _ = cli("get", first, "--json")
+    assert json.loads(out)["text"] == "I moved to Lisbon from Toronto."
+    code, out, _ = cli("delete", first)
+    assert code == 0 and first in out
+    code, out, err = cli("get", first)
+    assert code != 0 and err.startswith("error: ")
+    code, out, _ = cli("info", "--json")
+    info = json.loads(out)
+    assert info["episodes"] == 1 and info["users"] == ["maria"]
+
+
+BAD = [
+    ("empty text", ["add", "--user", "maria", "  "], "text"),
+    ("naive time", ["add", "--user", "maria", "--at", "2023-05-02T10:15:00", "hello"], "timestamp"),
+    ("bad time", ["add", "--user", "maria", "--at", "last tuesday", "hello"], "timestamp"),
+    ("traversal user", ["add", "--user", "../../etc", "hello"], "user_id"),
+    ("bad session", ["add", "--user", "maria", "--session", "a/b", "hello"], "session_id"),
+    ("bad role", ["add", "--user", "maria", "--role", "wizard", "hello"], "role"),
+    ("bad k", ["search", "--user", "maria", "-k", "0", "hello"], "k"),
+    ("bad id", ["get", "../../etc/passwd"], "episode_id"),
+    ("unknown id", ["delete", "ep_00000000000000000000000000000000"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("case,args,needle", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_exits_nonzero_with_one_line_and_writes_nothing(cli, case, args, needle):
+    cli("add", "--user", "maria", "an existing episode")
+    code, out, err = cli(*args)
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0]
+    code, out, _ = cli("info", "--json")
+    assert json.loads(out)["episodes"] == 1
+
+
+def test_missing_required_option_is_a_usage_error(cli):
+    code, _, err = cli("add", "hello")
+    assert code == 2 and "--user" in err
+
+
+def test_installed_entry_point_and_home_env(tmp_path):
+    """The real `agent-memory` script, with AGENT_MEMORY_HOME choosing the home."""
+    exe = Path(sys.executable).parent / "agent-memory"
+    env = {**os.environ, "AGENT_MEMORY_HOME": str(tmp_path / "envhome")}
+    added = subprocess.run([str(exe), "add", "--user", "u1", "--json", "hello from a script"],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert added.returncode == 0, added.stderr
+    episode_id = json.loads(added.stdout)["id"]
+    assert (tmp_path / "envhome" / "store").is_dir()
+    bad = subprocess.run([str(exe), "add", "--user", "u1", ""], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: text:")
+    listed = subprocess.run([str(exe), "list", "--user", "u1", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert [e["id"] for e in json.loads(listed.stdout)] == [episode_id]
