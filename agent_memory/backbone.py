@@ -182,6 +182,44 @@ class Backbone:
         lines = [f"{m['role']}: {m['content']}" for m in messages]
         return "\n".join(lines) + "\nassistant:"
 
+    def qa_prompt(self, question: str) -> str:
+        """The short prompt that memory modules are trained and queried with.
+
+        It has an empty system turn, so chat templates that insert a default system prompt
+        (SmolLM2's adds about 20 tokens) do not pad every short training example.
+        """
+        if not getattr(self.tokenizer, "chat_template", None):
+            return f"Question: {question}\nAnswer:"
+        try:
+            return self.format_chat([{"role": "system", "content": ""}, {"role": "user", "content": question}])
+        except Exception:  # templates without a system role (e.g. Gemma's) reject it
+            return self.format_chat([{"role": "user", "content": question}])
+
+    @property
+    def end_of_answer(self) -> str:
+        """The text that ends an answer turn (the EOS token), appended to training answers."""
+        return self.tokenizer.eos_token or ""
+
+    def complete(self, prompts: Sequence[str], *, max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+        """Greedy continuations of already formatted prompts, batched with left padding."""
+        import torch
+
+        tok = self.tokenizer
+        side, tok.padding_side = tok.padding_side, "left"
+        outputs: list[str] = []
+        try:
+            for start in range(0, len(prompts), batch_size):
+                enc = tok(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(self.device)
+                with torch.inference_mode():
+                    out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                new = out[:, enc["input_ids"].shape[1]:]
+                outputs.extend(t.strip() for t in tok.batch_decode(new, skip_special_tokens=True))
+        finally:
+            tok.padding_side = side
+        return outputs
+
     def generate(self, messages: Sequence[dict[str, str]] | str, *, max_new_tokens: int = 64) -> str:
         """Greedy answer to chat ``messages`` (or to one user message given as a string)."""
         import torch

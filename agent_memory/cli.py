@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Agent memory: episodic store, consolidation into LoRA modules, routed answers.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures and write JSON.")
 app.add_typer(bench_app, name="bench")
+modules_app = typer.Typer(no_args_is_help=True, help="Memory modules (LoRA adapters) in the home.")
+app.add_typer(modules_app, name="modules")
 
 UserOpt = typer.Option(..., "--user", "-u", help="User id (the namespace's owner).")
 AgentOpt = typer.Option(None, "--agent", "-a", help="Agent id; omitted: 'default' on writes, all agents on reads.")
@@ -160,6 +162,59 @@ def ask(
     typer.echo(f"[route={result.route} evidence={len(result.evidence)} prompt_tokens={result.prompt_tokens}]")
 
 
+@app.command()
+def consolidate(
+    ctx: typer.Context,
+    user: str = UserOpt,
+    agent: Optional[str] = AgentOpt,
+    rank: int = typer.Option(16, "--rank", help="LoRA rank of new modules."),
+    epochs: int = typer.Option(30, "--epochs", help="Most passes over the synthesized QA."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Distill pending episodes into self-tested LoRA modules."""
+    from agent_memory.consolidation import ConsolidationConfig, LoraSettings
+
+    config = ConsolidationConfig(lora=LoraSettings(rank=rank, alpha=2 * rank, max_epochs=epochs))
+    result = _memory(ctx).consolidate(_ns(user, agent, None), config, progress=not as_json)
+    if as_json:
+        return _print_json(result.to_dict())
+    for m in result.modules:
+        typer.echo(f"{m.id}  facts={m.facts} rank={m.rank} recall={m.recall:.2f}{' WEAK' if m.weak else ''}")
+    typer.echo(f"episodes absorbed: {result.episodes_absorbed}")
+
+
+def _registry(ctx: typer.Context):
+    from agent_memory.registry import AdapterRegistry
+
+    return AdapterRegistry(Path(ctx.obj["home"]) / "modules")
+
+
+@modules_app.command("list")
+def modules_list(ctx: typer.Context, user: str = UserOpt, agent: Optional[str] = AgentOpt, as_json: bool = JsonOpt) -> None:
+    """List a user's modules."""
+    modules = _registry(ctx).list(Namespace(user).user_id, agent)
+    if as_json:
+        return _print_json([m.summary() for m in modules])
+    for m in modules:
+        typer.echo(f"{m.id}  {m.agent_id}  facts={m.facts} rank={m.rank} recall={m.recall:.2f}"
+                   f"{' WEAK' if m.weak else ''}  {m.start[:10]}..{m.end[:10]}")
+
+
+@modules_app.command("show")
+def modules_show(ctx: typer.Context, module_id: str = typer.Argument(...)) -> None:
+    """Everything the manifest records about one module (JSON)."""
+    info = _registry(ctx).get(module_id).to_dict()
+    info["centroid"] = f"<{len(info['centroid'])} floats>"
+    _print_json(info)
+
+
+@modules_app.command("delete")
+def modules_delete(ctx: typer.Context, module_id: str = typer.Argument(...)) -> None:
+    """Delete a module; the episodes it absorbed become pending again."""
+    _memory(ctx).delete_module(module_id)
+    typer.echo(f"deleted {module_id}")
+
+
 @bench_app.command("store")
 def bench_store(
     sizes: str = typer.Option("1000,10000", help="Comma-separated store sizes to measure search at."),
@@ -177,6 +232,27 @@ def bench_store(
     if json_out:
         json_out.write_text(json.dumps(results, indent=2))
         typer.echo(f"wrote {json_out}")
+
+
+@bench_app.command("consolidation")
+def bench_consolidation(
+    data: Path = typer.Option(..., "--data", help="The lora_memory_paper folder (../shared/data/lora_memory_paper)."),
+    loads: str = typer.Option("1K,2K,4K,8K", help="PhoneBook slices."),
+    ranks: str = typer.Option("4,16,64", help="LoRA ranks."),
+    max_epochs: int = typer.Option(40, help="Epoch cap per run (training stops early at 100% teacher-forced EM)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results to this JSON file."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write recall vs load to this PNG."),
+) -> None:
+    """Module capacity and training speed on the seed paper's PhoneBook data."""
+    from agent_memory.consolidation.bench import plot, run_capacity
+
+    results = run_capacity(data, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs, echo=typer.echo)
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2))
+        typer.echo(f"wrote {json_out}")
+    if plot_out:
+        plot(results, plot_out)
+        typer.echo(f"wrote {plot_out}")
 
 
 def quiet_progress_bars() -> None:

@@ -25,6 +25,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("AGENT_MEMORY_CACHE") or Path.home() / ".cache" / "agent_memory")
 
 
+def require_positive_int(obj: Any, *names: str) -> None:
+    """Raise ConfigError naming the first field of ``obj`` that is not an integer >= 1."""
+    for name in names:
+        _positive(obj, name)
+
+
 def _positive(obj: Any, name: str) -> None:
     value = getattr(obj, name)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -13,6 +13,7 @@ from agent_memory.config import MemoryConfig
 from agent_memory.embedder import Embedder, OnnxEmbedder, SentenceTransformerEmbedder
 from agent_memory.errors import ValidationError
 from agent_memory.prompting import fit_episodes, rag_messages
+from agent_memory.registry import AdapterRegistry
 from agent_memory.store import EpisodicStore, NewEpisode
 from agent_memory.types import Episode, Namespace, SearchHit
 
@@ -51,10 +52,17 @@ def as_namespace(value: NamespaceLike) -> Namespace:
 class AgentMemory:
     """Episodic memory plus the backbone that answers from it."""
 
-    def __init__(self, store: EpisodicStore, backbone: Backbone | None = None, config: MemoryConfig | None = None):
+    def __init__(
+        self,
+        store: EpisodicStore,
+        backbone: Backbone | None = None,
+        config: MemoryConfig | None = None,
+        registry: AdapterRegistry | None = None,
+    ):
         self.store = store
         self.config = config or MemoryConfig()
         self._backbone = backbone
+        self.registry = registry or AdapterRegistry(Path(self.config.home) / "modules")
 
     @classmethod
     def open(
@@ -139,6 +147,21 @@ class AgentMemory:
         text = backbone.generate(messages, max_new_tokens=self.config.backbone.max_new_tokens)
         timings["generate"] = (time.perf_counter() - started) * 1000
         return Answer(text, "rag" if kept else "none", evidence, prompt_tokens, timings)
+
+    # -- consolidation ----------------------------------------------------------------------------
+    def consolidate(self, namespace: NamespaceLike, config: Any = None, *, progress: bool = False):
+        """Distill the namespace's pending episodes into LoRA modules (see agent_memory.consolidation)."""
+        from agent_memory.consolidation import Consolidator
+
+        consolidator = Consolidator(self.store, self.backbone, self.registry, config, progress=progress)
+        return consolidator.run(as_namespace(namespace))
+
+    def delete_module(self, module_id: str) -> None:
+        """Delete a module; the episodes it had absorbed become pending again."""
+        info = self.registry.delete(module_id)
+        scope = Namespace(info.user_id, info.agent_id)
+        mine = [e.id for e in self.store.list(scope) if e.absorbed_by == module_id]
+        self.store.mark_absorbed(mine, scope, None)
 
     def info(self) -> dict[str, Any]:
         namespaces = self.store.namespaces()

@@ -100,3 +100,29 @@ def test_installed_entry_point_and_home_env(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: text:")
     listed = subprocess.run([str(exe), "list", "--user", "u1", "--json"], capture_output=True, text=True, env=env, timeout=120)
     assert [e["id"] for e in json.loads(listed.stdout)] == [episode_id]
+
+
+@pytest.mark.slow
+def test_consolidate_and_modules_commands(cli):
+    """`consolidate --json` on the real backbone, then `modules list/show/delete`."""
+    cli("add", "--user", "maria", "--agent", "companion", "--speaker", "Maria", "--at", "2023-05-09T19:40:00+00:00",
+        "I adopted a rescue dog named Biscuit.")
+    code, out, err = cli("consolidate", "--user", "maria", "--rank", "4", "--epochs", "2", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["episodes_absorbed"] == 1 and len(result["modules"]) == 1
+    module = result["modules"][0]
+    assert {"id", "facts", "rank", "recall"} <= set(module) and module["rank"] == 4 and module["facts"] == 1
+    code, out, _ = cli("modules", "list", "--user", "maria", "--json")
+    listed = json.loads(out)
+    assert [m["id"] for m in listed] == [module["id"]] and {"weak", "recall"} <= set(listed[0])
+    code, out, _ = cli("modules", "show", module["id"])
+    assert json.loads(out)["episode_ids"] and json.loads(out)["backbone"] == "smollm2-135m-instruct"
+    code, out, _ = cli("list", "--user", "maria", "--json")
+    assert json.loads(out)[0]["absorbed_by"] == module["id"]
+    code, out, _ = cli("modules", "delete", module["id"])
+    assert code == 0
+    code, out, _ = cli("list", "--user", "maria", "--json")
+    assert json.loads(out)[0]["absorbed_by"] is None, "its episodes are pending again"
+    code, _, err = cli("modules", "show", "mod_doesnotexist")
+    assert code == 2 and err.startswith("error: ")

@@ -1,0 +1,133 @@
+"""``agent-memory bench consolidation``: how much a LoRA module holds, and how fast it learns it.
+
+On the seed paper's PhoneBook data (path given, never copied): exact-match recall on
+the paper's eval questions versus load (1K, 2K, 4K, 8K token slices) and rank, tokens
+stored per LoRA parameter, train tokens/s and wall time; beside it, in the same run, a
+naive fp32 peft loop (full-vocabulary logits everywhere, default chat template with its
+system prompt, unbucketed batches) as the throughput baseline. Prints, writes JSON and a PNG.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from agent_memory.backbone import Backbone
+from agent_memory.config import BackboneConfig
+from agent_memory.errors import ValidationError
+
+from agent_memory.consolidation.trainer import LoraSettings, QAExample, lora_config, train_lora
+
+_LINE = re.compile(r"Question: (.*?) Answer: (.*)")
+
+
+def load_phonebook(data_dir: str | Path, load: str) -> tuple[list[QAExample], list[QAExample], int]:
+    """Training pairs of one slice, the paper's eval subset, and the slice's size in characters."""
+    data_dir = Path(data_dir)
+    train_path, eval_path = data_dir / f"phonebook_qa_{load}.csv", data_dir / f"phonebook_eval_qa_{load}.json"
+    if not train_path.is_file() or not eval_path.is_file():
+        raise ValidationError("data", f"{train_path.name} or {eval_path.name} is missing in {data_dir}",
+                              "pass the lora_memory_paper folder of ../shared/data")
+    rows = [r["text"] for r in csv.DictReader(train_path.open(encoding="utf-8"))]
+    train = [QAExample(*_LINE.match(r).groups()) for r in rows]
+    evals = [QAExample(q["question"] + "?", q["answer"]) for q in json.loads(eval_path.read_text(encoding="utf-8"))]
+    return train, evals, sum(len(r) for r in rows)
+
+
+def exact_match(backbone: Backbone, evals: list[QAExample]) -> float:
+    answers = backbone.complete([backbone.qa_prompt(q.question) for q in evals], max_new_tokens=16)
+    return sum(a.strip() == q.answer for a, q in zip(answers, evals)) / len(evals)
+
+
+def naive_tokens_per_second(
+    train: list[QAExample], config: BackboneConfig | None = None, steps: int = 6, batch_size: int = 8
+) -> float:
+    """The baseline loop: fp32, full logits from model(labels=...), default chat template, no bucketing."""
+    import torch
+    from peft import get_peft_model
+
+    backbone = Backbone.load(config or BackboneConfig(dtype="float32"))
+    tok = backbone.tokenizer
+    model = get_peft_model(backbone.model, lora_config(LoraSettings()))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    tokens, started = 0, time.perf_counter()
+    for step in range(steps):
+        batch = train[(step * batch_size) % len(train):][:batch_size]
+        texts = [backbone.format_chat([{"role": "user", "content": q.question}]) + q.answer + tok.eos_token for q in batch]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        tokens += int(enc["attention_mask"].sum())
+    return tokens / (time.perf_counter() - started)
+
+
+def run_capacity(
+    data_dir: str | Path,
+    loads: list[str],
+    ranks: list[int],
+    max_epochs: int = 40,
+    echo: Callable[[str], None] = print,
+    backbone_config: BackboneConfig | None = None,
+) -> dict[str, Any]:
+    """Train one module per (load, rank) from scratch, score it, then time the naive loop on the first load."""
+    backbone_config = backbone_config or BackboneConfig()
+    backbone = Backbone.load(backbone_config)
+    results: dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "backbone": backbone.name, "dtype": str(backbone.dtype), "runs": [],
+    }
+    for load in loads:
+        train, evals, chars = load_phonebook(data_dir, load)
+        slice_tokens = sum(backbone.count_tokens(f"Question: {q.question} Answer: {q.answer}") for q in train)
+        for rank in ranks:
+            settings = LoraSettings(rank=rank, alpha=2 * rank, max_epochs=max_epochs, stop_at_accuracy=1.0)
+            peft_model, report = train_lora(backbone, train, settings, "default")
+            try:
+                em = exact_match(backbone, evals)
+            finally:
+                backbone.model = peft_model.unload()
+            run = {
+                "load": load, "facts": len(train), "slice_tokens": slice_tokens, "rank": rank,
+                "params": report.trainable_params, "exact_match": round(em, 4), "epochs": report.epochs,
+                "seconds": round(report.seconds, 1), "train_tokens": report.train_tokens,
+                "tokens_per_second": round(report.tokens_per_second, 1),
+                "tokens_per_param": slice_tokens / report.trainable_params,
+            }
+            results["runs"].append(run)
+            echo(f"[{load} r={rank}] EM {em:.3f} after {report.epochs} epochs, {report.seconds:.0f} s, "
+                 f"{report.tokens_per_second:.0f} train tokens/s, {run['tokens_per_param']:.2e} tokens/param")
+    naive_config = BackboneConfig(model=backbone_config.model, cache_dir=backbone_config.cache_dir, dtype="float32")
+    naive = naive_tokens_per_second(load_phonebook(data_dir, loads[0])[0], naive_config)
+    ours = sum(r["tokens_per_second"] for r in results["runs"]) / len(results["runs"])
+    results["naive_fp32_tokens_per_second"] = round(naive, 1)
+    results["speedup_vs_naive"] = round(ours / naive, 2)
+    echo(f"naive fp32 loop: {naive:.0f} train tokens/s; this loop: {ours:.0f} ({ours / naive:.2f}x)")
+    return results
+
+
+def plot(results: dict[str, Any], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for rank in sorted({r["rank"] for r in results["runs"]}):
+        rows = [r for r in results["runs"] if r["rank"] == rank]
+        ax.plot([r["slice_tokens"] for r in rows], [r["exact_match"] for r in rows], marker="o", label=f"r={rank}")
+    ax.set_xscale("log")
+    ax.set_xlabel("load (training tokens in the slice)")
+    ax.set_ylabel("exact match on the paper's eval questions")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"PhoneBook recall vs load, {results['backbone']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
