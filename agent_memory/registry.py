@@ -166,6 +166,15 @@ class AdapterRegistry:
                     return m
         raise NotFoundError(f"module {module_id!r} does not exist; list modules with `agent-memory modules list --user U`")
 
+    def version(self, user_id: str, agent_id: str | None = None) -> tuple:
+        """Changes whenever a manifest of this user (or user/agent) is replaced: lets readers cache the list."""
+        pattern = f"{agent_id}/manifest.json" if agent_id else "*/manifest.json"
+        stamps = []
+        for path in sorted((self.root / check_id("user_id", user_id)).glob(pattern)):
+            stat = path.stat()
+            stamps.append((str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino))
+        return tuple(stamps)
+
     def path(self, info: ModuleInfo) -> Path:
         return self._dir(info.user_id, info.agent_id) / info.id
 

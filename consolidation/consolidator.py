@@ -94,13 +94,13 @@ class Consolidator:
         self.synthesizer = synthesizer or TemplateSynthesizer()
         self.progress = progress
 
-    def run(self, namespace: Namespace) -> ConsolidationResult:
-        """Consolidate every pending episode of ``namespace`` (a user, or one of their agents)."""
+    def run(self, namespace: Namespace, *, limit: int | None = None) -> ConsolidationResult:
+        """Consolidate the pending episodes of ``namespace`` (a user, or one of their agents): all, or the oldest ``limit``."""
         result = ConsolidationResult()
         self.registry.sweep()
         result.reconciled = self.reconcile(namespace)
         by_agent: dict[str, list[Episode]] = {}
-        for e in self.store.pending(namespace):
+        for e in self.store.pending(namespace, limit=limit):
             by_agent.setdefault(e.namespace.agent_id, []).append(e)
         for agent, episodes in sorted(by_agent.items()):
             for chunk in self.plan(episodes):

@@ -131,45 +131,49 @@ def train_lora(
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     model = get_peft_model(backbone.model, lora_config(settings), adapter_name=adapter_name)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    report = TrainReport(trainable_params=sum(p.numel() for p in params))
-    optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
-    encoded = encode_examples(backbone, examples)
-    lm = model.get_base_model()
-    decoder, head = lm.get_decoder(), lm.get_output_embeddings()
-    pad = backbone.tokenizer.pad_token_id
-    warmup = 5
-    total_steps = settings.max_epochs * math.ceil(len(encoded) / settings.batch_size)
-    bar = _progress(settings.max_epochs, progress)
-    started = time.perf_counter()
-    for epoch in range(1, settings.max_epochs + 1):
-        losses, exact = [], 0
-        for batch in bucketed_batches([len(e[0]) for e in encoded], settings.batch_size, rng):
-            ids, labels, mask = _pad([encoded[i] for i in batch], pad, backbone.device)
-            for group in optimizer.param_groups:
-                group["lr"] = settings.learning_rate * _schedule(report.steps, warmup, total_steps)
-            loss, correct = _answer_loss(decoder, head, ids, mask, labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            report.steps += 1
-            report.train_tokens += int(mask.sum())
-            losses.append(loss.item())
-            exact += int(correct.sum())
-        accuracy = exact / len(encoded)
-        report.epochs, report.final_loss, report.final_accuracy = epoch, sum(losses) / len(losses), accuracy
-        report.history.append({"epoch": epoch, "loss": round(report.final_loss, 4), "accuracy": round(accuracy, 4)})
-        bar.update(1)
-        bar.set_postfix(loss=f"{report.final_loss:.3f}", exact=f"{accuracy:.2f}")
-        if on_epoch:
-            on_epoch(epoch, report.final_loss, accuracy)
-        if accuracy >= settings.stop_at_accuracy:
-            break
-    bar.close()
-    report.seconds = time.perf_counter() - started
-    model.eval()
+    try:
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        report = TrainReport(trainable_params=sum(p.numel() for p in params))
+        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
+        encoded = encode_examples(backbone, examples)
+        lm = model.get_base_model()
+        decoder, head = lm.get_decoder(), lm.get_output_embeddings()
+        pad = backbone.tokenizer.pad_token_id
+        warmup = 5
+        total_steps = settings.max_epochs * math.ceil(len(encoded) / settings.batch_size)
+        bar = _progress(settings.max_epochs, progress)
+        started = time.perf_counter()
+        for epoch in range(1, settings.max_epochs + 1):
+            losses, exact = [], 0
+            for batch in bucketed_batches([len(e[0]) for e in encoded], settings.batch_size, rng):
+                ids, labels, mask = _pad([encoded[i] for i in batch], pad, backbone.device)
+                for group in optimizer.param_groups:
+                    group["lr"] = settings.learning_rate * _schedule(report.steps, warmup, total_steps)
+                loss, correct = _answer_loss(decoder, head, ids, mask, labels)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                report.steps += 1
+                report.train_tokens += int(mask.sum())
+                losses.append(loss.item())
+                exact += int(correct.sum())
+            accuracy = exact / len(encoded)
+            report.epochs, report.final_loss, report.final_accuracy = epoch, sum(losses) / len(losses), accuracy
+            report.history.append({"epoch": epoch, "loss": round(report.final_loss, 4), "accuracy": round(accuracy, 4)})
+            bar.update(1)
+            bar.set_postfix(loss=f"{report.final_loss:.3f}", exact=f"{accuracy:.2f}")
+            if on_epoch:
+                on_epoch(epoch, report.final_loss, accuracy)
+            if accuracy >= settings.stop_at_accuracy:
+                break
+        bar.close()
+        report.seconds = time.perf_counter() - started
+        model.eval()
+    except BaseException:
+        backbone.model = model.unload()  # a failed training leaves no LoRA layers on the backbone
+        raise
     return model, report
 
 

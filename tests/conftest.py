@@ -75,3 +75,33 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def tiny(tiny_model_dir):
+    """The tiny random backbone, loaded fresh for each test (tests may train on it)."""
+    from agent_memory.backbone import Backbone
+    from agent_memory.config import BackboneConfig
+
+    return Backbone.load(BackboneConfig(model=str(tiny_model_dir), dtype="float32"))
+
+
+@pytest.fixture
+def cli_runner(capsys):
+    """``cli_runner(home)`` -> ``run(*args)`` giving (exit code, stdout, stderr) of the CLI, in process."""
+    from agent_memory.cli import main
+
+    def make(home: Path):
+        def run(*args: str) -> tuple[int, str, str]:
+            code = 0
+            try:
+                main(["--home", str(home), *args])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        run.home = home
+        return run
+
+    return make

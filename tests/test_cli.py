@@ -10,24 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from agent_memory.cli import main
 
 
 @pytest.fixture
-def cli(tmp_path, capsys):
-    home = tmp_path / "home"
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = 0
-        try:
-            main(["--home", str(home), *args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    run.home = home
-    return run
+def cli(tmp_path, cli_runner):
+    return cli_runner(tmp_path / "home")
 
 
 def test_add_search_list_get_delete(cli):
@@ -126,3 +113,19 @@ def test_consolidate_and_modules_commands(cli):
     assert json.loads(out)[0]["absorbed_by"] is None, "its episodes are pending again"
     code, _, err = cli("modules", "show", "mod_doesnotexist")
     assert code == 2 and err.startswith("error: ")
+
+
+def test_ask_json_reports_the_route_and_why(cli, tiny_model_dir):
+    cli.home.mkdir(parents=True)
+    (cli.home / "config.json").write_text(json.dumps({"backbone": {"model": str(tiny_model_dir), "dtype": "float32"}}))
+    cli("add", "--user", "maria", "--agent", "companion", "--session", "s1", "My dog is called Biscuit.")
+    code, out, _ = cli("ask", "--user", "maria", "--agent", "companion", "--session", "s2", "--json",
+                       "what is the dog called")
+    data = json.loads(out)
+    assert code == 0 and data["route"] == "rag" and data["modules"] == []
+    assert {"answer", "route", "modules", "evidence", "reason", "latency_ms"} <= set(data)
+    assert data["evidence"][0]["text"] == "My dog is called Biscuit." and data["reason"]
+    code, out, _ = cli("ask", "--user", "maria", "--route", "none", "--json", "what is the dog called")
+    assert code == 0 and json.loads(out)["route"] == "none" and json.loads(out)["evidence"] == []
+    code, _, err = cli("ask", "--user", "maria", "--route", "psychic", "what is the dog called")
+    assert code == 2 and err.startswith("error: route")

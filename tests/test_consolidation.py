@@ -7,8 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from agent_memory import AgentMemory, MemoryConfig
 from agent_memory.backbone import Backbone
-from agent_memory.config import BackboneConfig
+from agent_memory.config import BackboneConfig, RouterConfig
 from agent_memory.consolidation import ConsolidationConfig, Consolidator, LoraSettings, TemplateSynthesizer
 from agent_memory.consolidation.synthesis import NOT_DISCUSSED, keywords, spoken_date
 from agent_memory.errors import NotFoundError, ValidationError
@@ -26,11 +27,6 @@ TURNS = [
 FAST = ConsolidationConfig(
     lora=LoraSettings(rank=4, alpha=8, max_epochs=2), answer_tokens_per_rank=10_000, self_test_size=4, max_new_tokens=4
 )
-
-
-@pytest.fixture
-def tiny(tiny_model_dir):
-    return Backbone.load(BackboneConfig(model=str(tiny_model_dir), dtype="float32"))
 
 
 @pytest.fixture
@@ -211,6 +207,14 @@ def test_real_smollm2_module_answers_from_its_weights(tmp_path, embedder):
     assert "rescue dog named Biscuit" in recalled[0]
     assert "9 May 2023" in recalled[1]
     assert backbone.complete(prompts, max_new_tokens=32) == base, "deactivated: the base model again"
+    # the router answers the consolidated fact via the adapter route, with no episode text in the prompt
+    router = RouterConfig(policy_params={"trust_recall": 0.8})
+    memory = AgentMemory(store, backbone, MemoryConfig(home=str(tmp_path), router=router), registry)
+    answer = memory.answer(questions[0], Namespace("maria", "companion", "later"))
+    assert answer.route == "adapter" and answer.modules == [info.id] and answer.evidence == []
+    assert answer.prompt_tokens == backbone.count_tokens(prompts[0])
+    assert "rescue dog named Biscuit" in answer.text
+    assert backbone.complete(prompts, max_new_tokens=32) == base, "the merge is undone after answering"
 
 
 def test_modules_stay_in_their_namespace(tmp_path, embedder, tiny):
@@ -237,3 +241,29 @@ def test_token_f1(pred, gold, expected):
     from agent_memory.consolidation.consolidator import token_f1
 
     assert token_f1(pred, gold) == pytest.approx(expected)
+
+
+def test_a_failed_training_leaves_no_lora_layers_on_the_backbone(setup, tiny, monkeypatch):
+    store, registry, consolidator, _ = setup
+    from agent_memory.consolidation import trainer
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected: out of memory in the backward pass")
+
+    monkeypatch.setattr(trainer, "_answer_loss", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        consolidator.run(Namespace("maria"))
+    assert not _has_lora(tiny) and registry.list("maria") == [] and len(store.pending(Namespace("maria"))) == 3
+
+
+def test_manual_consolidation_refuses_while_the_home_is_locked(tmp_path, embedder, tiny):
+    from agent_memory.consolidation import HomeLock
+    from agent_memory.memory import ConsolidationBusyError
+
+    memory = AgentMemory(EpisodicStore.in_memory(embedder), tiny, MemoryConfig(home=str(tmp_path / "home")))
+    memory.add(TURNS[0], NS, speaker="Maria")
+    with HomeLock(tmp_path / "home"):
+        with pytest.raises(ConsolidationBusyError, match=f"pid {__import__('os').getpid()}"):
+            memory.consolidate("maria", FAST)
+    assert memory.registry.list("maria") == [] and len(memory.store.pending(Namespace("maria"))) == 1
+    assert memory.consolidate("maria", FAST).episodes_absorbed == 1, "free again: the run goes through"

@@ -39,10 +39,14 @@ def test_answer_puts_dated_evidence_in_the_prompt(memory):
     memory.add("Bob likes tea.", "bob")
     answer = memory.answer("where did maria move", "maria", k=2)
     assert answer.route == "rag"
-    assert [h.episode.namespace.user_id for h in answer.evidence] == ["maria", "maria"]
-    assert answer.prompt_tokens > 0 and set(answer.latency_ms) == {"retrieve", "generate"}
+    assert answer.evidence and {h.episode.namespace.user_id for h in answer.evidence} == {"maria"}
+    assert answer.evidence[0].episode.text == "I moved to Lisbon."
+    assert answer.prompt_tokens > 0
+    assert set(answer.latency_ms) == {"retrieve", "recent", "route", "activate", "merge", "generate"}
     as_dict = answer.to_dict()
-    assert {"answer", "route", "evidence", "prompt_tokens", "latency_ms"} <= set(as_dict)
+    assert {"answer", "route", "modules", "evidence", "reason", "prompt_tokens", "latency_ms"} <= set(as_dict)
+    forced = memory.answer("where did maria move", "maria", k=2, route="rag")
+    assert len(forced.evidence) == 2 and forced.decision.policy == "forced", "a forced route takes the top-k as is"
     assert memory.answer("anything", "nobody").route == "none"
 
 
@@ -78,8 +82,9 @@ def test_config_round_trips_through_a_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_answers_from_retrieval_on_the_real_backbone(tmp_path):
-    """The README's main job, on the embedded SmolLM2: the dog's name comes back from memory."""
+def test_demo_consolidates_and_routes_on_the_real_backbone(tmp_path):
+    """The README's main job on the embedded SmolLM2: a consolidated fact comes back from the module's weights,
+    the others through retrieval and the session's recent turns, each with its reason."""
     import sys
 
     sys.path.insert(0, str(EXAMPLES))
@@ -89,8 +94,12 @@ def test_demo_answers_from_retrieval_on_the_real_backbone(tmp_path):
         sys.path.remove(str(EXAMPLES))
     lines: list[str] = []
     results = demo.run(tmp_path / "home", EXAMPLES / "conversation.json", echo=lines.append)
-    assert lines[0].startswith("ingested 12 turns from 3 sessions")
-    dog = results[0]
-    assert dog["route"] == "rag" and "Biscuit" in dog["answer"]
-    assert any("Biscuit" in e["text"] for e in dog["evidence"])
-    assert sum(r["expected"].lower() in r["answer"].lower() for r in results) >= 2
+    assert any("nightly consolidation: module mod_" in line for line in lines)
+    by_route = {r["expected_route"]: r for r in results[::-1]}  # the first question of each route
+    assert [r["route"] for r in results] == [r["expected_route"] for r in results]
+    adapter = by_route["adapter"]
+    assert adapter["modules"] and adapter["evidence"] == [] and "Biscuit" in adapter["answer"]
+    assert "peanut" in by_route["rag"]["answer"].lower() and by_route["rag"]["evidence"]
+    assert by_route["icl"]["recent"] and by_route["none"]["evidence"] == []
+    assert all(r["reason"] for r in results)
+    assert sum(r["expected"].lower() in r["answer"].lower() for r in results) >= 4

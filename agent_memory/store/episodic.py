@@ -181,13 +181,18 @@ class EpisodicStore:
         filters: Mapping[str, Any] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        vector: Sequence[float] | None = None,
     ) -> list[SearchHit]:
-        """The ``k`` episodes in ``namespace`` most similar to ``query``, best first."""
+        """The ``k`` episodes in ``namespace`` most similar to ``query``, best first.
+
+        ``vector`` is the query's embedding when the caller already has it (the router does).
+        """
         query = check_text(query, max_chars=self.config.max_text_chars, field="query")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ValidationError("k", f"{k!r} is out of range", f"pass an integer from 1 to {MAX_K}")
         conditions = self._conditions(namespace, filters, since, until)
-        vector = self.embedder.embed([query])[0]
+        if vector is None:
+            vector = self.embedder.embed([query])[0]
         rows = self.backend.query(Partition(namespace.user_id), vector, conditions, k)
         return [SearchHit(_to_episode(self._checked(r, namespace)), score) for r, score in rows]
 
