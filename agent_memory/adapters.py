@@ -36,6 +36,10 @@ COMBINATIONS = ("ties", "linear", "cat")
 class CorruptModuleError(AgentMemoryError):
     """A module's adapter files are missing or unreadable."""
 
+    def __init__(self, module_id: str, message: str) -> None:
+        super().__init__(message)
+        self.module_id = module_id
+
 
 @dataclass
 class LoadedModule:
@@ -181,7 +185,7 @@ class ResidentAdapters:
             tensors = load_file(str(path / "adapter_model.safetensors"))
         except Exception as exc:  # a damaged file raises OSError, JSONDecodeError or safetensors' own error
             raise CorruptModuleError(
-                f"module {info.id} cannot be read at {path}: {exc}; delete it (agent-memory modules delete "
+                info.id, f"module {info.id} cannot be read at {path}: {exc}; delete it (agent-memory modules delete "
                 f"{info.id}) and consolidate again"
             ) from exc
         rank = config.get("r", info.rank)
@@ -197,9 +201,9 @@ class ResidentAdapters:
             layer = self._layers.get(name)
             if b is None or layer is None or a.shape[1] != layer.in_features or b.shape[0] != layer.out_features:
                 raise CorruptModuleError(
-                    f"module {info.id} does not fit this backbone at layer {name!r}; delete it and consolidate again"
+                    info.id, f"module {info.id} does not fit this backbone at layer {name!r}; delete it and consolidate again"
                 )
             factors[name] = (a.to(dtype).contiguous(), (b.float() * scale).to(dtype).contiguous())
         if not factors:
-            raise CorruptModuleError(f"module {info.id} holds no LoRA weights at {path}; delete it and consolidate again")
+            raise CorruptModuleError(info.id, f"module {info.id} holds no LoRA weights at {path}; delete it and consolidate again")
         return factors

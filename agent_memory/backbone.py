@@ -142,7 +142,7 @@ class Backbone:
             name = embedded.name
         else:
             folder, from_cache, name = config.model, False, config.model
-        model, tokenizer = _from_pretrained(folder, dtype=dtype)
+        model, tokenizer = _from_pretrained(folder, dtype=dtype, allow_download=config.allow_download)
         model.to(device)
         return cls(model, tokenizer, name, load_seconds=time.perf_counter() - started, from_cache=from_cache)
 
@@ -253,18 +253,25 @@ def _check_messages(messages: Any) -> None:
             )
 
 
-def _from_pretrained(source: str | Path, *, dtype: Any, gguf_file: str | None = None):
+def _from_pretrained(source: str | Path, *, dtype: Any, gguf_file: str | None = None, allow_download: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    local = Path(str(source)).exists()
+    text = str(source)
+    local = Path(text).expanduser().exists()
+    looks_like_path = text.startswith(("/", ".", "~")) or text.count("/") > 1  # a hub id is "name" or "org/name"
+    if not local and looks_like_path:
+        raise BackboneError(f"backbone folder {text!r} does not exist; check the path (a model folder holds config.json)")
+    # no network at run time: a hub id loads only from the local Hugging Face cache unless downloads are allowed
+    offline = local or not allow_download
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source), local_files_only=local, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=local, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(text, local_files_only=offline, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(text, dtype=dtype, local_files_only=offline, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise BackboneError(
             f"could not load backbone {source!r}: {exc}; pass an embedded name "
-            f"({', '.join(sorted(EMBEDDED))}), a local model folder or a Hugging Face id you can download"
+            f"({', '.join(sorted(EMBEDDED))}), a local model folder, or a Hugging Face id that is in the local cache "
+            f"(or set BackboneConfig.allow_download=True to fetch it)"
         ) from exc
     return model, tokenizer
 

@@ -135,6 +135,25 @@ def delete(ctx: typer.Context, episode_id: str = typer.Argument(...)) -> None:
 
 
 @app.command()
+def forget(
+    ctx: typer.Context,
+    user: str = UserOpt,
+    agent: Optional[str] = AgentOpt,
+    session: Optional[str] = SessionOpt,
+    ids: Optional[list[str]] = typer.Option(None, "--ids", help="Episode ids (repeat, or comma-separated); omitted: the whole namespace."),
+    retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Re-consolidate what dropped modules also held, now."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Forget a user, an agent, a session or some episodes: episodes, their history and every module that learned them."""
+    episode_ids = [i for chunk in ids for i in chunk.split(",") if i] if ids else None
+    report = _memory(ctx).forget(_ns(user, agent, session), episode_ids=episode_ids, retrain=retrain)
+    if as_json:
+        return _print_json(report.to_dict())
+    typer.echo(f"forgot {report.episodes} episodes; modules dropped: {', '.join(report.modules_dropped) or '-'}; "
+               f"retrained: {', '.join(report.modules_retrained) or '-'}")
+
+
+@app.command()
 def info(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
     """What the home holds: backend, embedder, counts, namespaces."""
     data = _memory(ctx).info()
@@ -153,10 +172,11 @@ def ask(
     session: Optional[str] = SessionOpt,
     k: int = typer.Option(5, "-k", help="Episodes retrieved (candidates for the prompt and module provenance)."),
     route: Optional[str] = typer.Option(None, "--route", help="Force a route: none, icl, rag, adapter, adapter+rag, adapter+icl."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Longest answer (default: the backbone config's)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Answer from memory: the router picks ICL, RAG, adapter modules or a hybrid, and says why."""
-    result = _memory(ctx).answer(question, _ns(user, agent, session), k=k, route=route)
+    result = _memory(ctx).answer(question, _ns(user, agent, session), k=k, route=route, max_new_tokens=max_new_tokens)
     if as_json:
         return _print_json(result.to_dict())
     typer.echo(result.text)
@@ -394,6 +414,96 @@ def schedule_history(
         recall = "-" if r.recall is None else f"{r.recall:.2f}"
         typer.echo(f"{r.started_at}  {r.status:9}  {r.namespace}  absorbed={r.episodes_absorbed} recall={recall} "
                    f"modules={','.join(r.modules) or '-'}{'  error: ' + r.error if r.error else ''}")
+
+
+# -- reliability checks (issue 8) -------------------------------------------------------------------------
+check_app = typer.Typer(no_args_is_help=True, help="Reliability checks that print figures, write JSON and exit 1 on any violation.")
+app.add_typer(check_app, name="check")
+CheckJsonOpt = typer.Option(None, "--json", help="Write the figures and violations to this JSON file.")
+
+
+def _check_outcome(results: dict[str, Any], json_out: Optional[Path]) -> None:
+    """Write the JSON, list the violations; exit 1 if there is any."""
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(results, indent=2))
+        typer.echo(f"wrote {json_out}")
+    violations = results["violations"]
+    for line in violations[:20]:
+        typer.echo(f"violation: {line}", err=True)
+    if violations:
+        typer.echo(f"{results['check']}: {len(violations)} violation(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{results['check']}: no violations")
+
+
+@check_app.command("isolation")
+def check_isolation(
+    queries: int = typer.Option(1000, "--queries", min=1, help="Random queries per backend."),
+    modes: str = typer.Option("memory,embedded,server", "--modes", help="Comma-separated: memory, embedded, server."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the episodes, queries and filters."),
+    json_out: Optional[Path] = CheckJsonOpt,
+) -> None:
+    """Tenant isolation: random queries and filters over 10 namespaces through every path; delete_user, duplicates."""
+    from agent_memory.evals.reliability.backends import parse_modes
+    from agent_memory.evals.reliability.isolation import run_isolation
+
+    results = run_isolation(queries, parse_modes(modes), seed=seed, echo=typer.echo)
+    typer.echo(f"isolation: {results['queries']} queries, {results['items_checked']} items and "
+               f"{results['modules_checked']} modules checked; leaked {results['leaked']}, wrong {results['wrong']}, "
+               f"errors {results['errors']}, dropped filters {results['dropped_filters']}, corrupted {results['corrupted']}")
+    _check_outcome(results, json_out)
+
+
+@check_app.command("faults")
+def check_faults(
+    ops: int = typer.Option(400, "--ops", min=1, help="Adds in the stream (every fifth is a two-user batch)."),
+    cycles: int = typer.Option(3, "--cycles", min=1, help="SIGKILL/restart cycles of the Chroma server."),
+    down: float = typer.Option(2.0, "--down", min=0.0, help="Seconds the server stays down each cycle."),
+    json_out: Optional[Path] = CheckJsonOpt,
+) -> None:
+    """Server faults: a real `chroma run` killed and restarted during adds and searches; nothing acknowledged is lost."""
+    from agent_memory.evals.reliability.faults import run_faults
+
+    r = run_faults(ops, cycles, down_s=down, echo=typer.echo)
+    typer.echo(f"faults: {r['adds_attempted']} adds ({r['episodes_acknowledged']} episodes acknowledged, lost "
+               f"{r['lost']}), {r['searches']} searches; failed calls {r['failing_call']['n']} (unclear "
+               f"{r['unclear_errors']}), failing call p50 {r['failing_call']['p50_ms']} ms max "
+               f"{r['failing_call']['max_ms']} ms")
+    _check_outcome(r, json_out)
+
+
+@check_app.command("load")
+def check_load(
+    clients: int = typer.Option(50, "--clients", min=1, help="Concurrent client threads."),
+    seconds: float = typer.Option(60.0, "--seconds", min=0.1, help="How long the clients run, per backend."),
+    modes: str = typer.Option("embedded,server", "--modes", help="Comma-separated: memory, embedded, server."),
+    search_ratio: float = typer.Option(0.5, "--search-ratio", min=0.0, max=1.0, help="Share of calls that search."),
+    json_out: Optional[Path] = CheckJsonOpt,
+) -> None:
+    """Load: concurrent clients adding and searching; zero errors and zero lost adds expected."""
+    from agent_memory.evals.reliability.backends import parse_modes
+    from agent_memory.evals.reliability.load import run_load
+
+    results = run_load(clients, seconds, parse_modes(modes), search_ratio=search_ratio, echo=typer.echo)
+    _check_outcome(results, json_out)
+
+
+@check_app.command("crash")
+def check_crash(
+    trials: int = typer.Option(20, "--trials", min=1, help="Seeded SIGKILL trials."),
+    episodes: int = typer.Option(8, "--episodes", min=2, help="Pending episodes per trial (two agents)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the episodes and kill moments."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone to consolidate on (default: a tiny random Llama)."),
+    json_out: Optional[Path] = CheckJsonOpt,
+) -> None:
+    """Crash safety: SIGKILL consolidations at random moments; no episode lost, no half module, next run completes."""
+    from agent_memory.evals.reliability.crash import run_crash_trials
+
+    r = run_crash_trials(trials, seed, episodes, backbone_model=backbone, echo=typer.echo)
+    typer.echo(f"crash: {r['trials']} trials, {r['killed']} killed mid-run (modules committed at the kill: "
+               f"{r['modules_at_kill']}); lost episodes {r['lost_episodes']}, half modules {r['half_modules']}")
+    _check_outcome(r, json_out)
 
 
 def quiet_progress_bars() -> None:

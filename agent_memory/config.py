@@ -101,6 +101,8 @@ class BackboneConfig:
     """Upper bound on generated tokens per answer."""
     cache_dir: str | None = None
     """Folder for converted GGUF backbones; ``None`` uses ``$AGENT_MEMORY_CACHE`` or ``~/.cache/agent_memory``."""
+    allow_download: bool = False
+    """Fetch a Hugging Face id from the hub when it is not in the local cache (off: no network at run time)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -13,7 +14,7 @@ from agent_memory.config import MemoryConfig, default_home
 from agent_memory.embedder import Embedder, OnnxEmbedder, SentenceTransformerEmbedder
 from agent_memory.errors import AgentMemoryError, ValidationError
 from agent_memory.prompting import fit_episodes, icl_messages, rag_messages, recent_turns
-from agent_memory.registry import AdapterRegistry, BackboneMismatchError
+from agent_memory.registry import AdapterRegistry, BackboneMismatchError, ModuleInfo
 from agent_memory.router import RouteDecision, Router
 from agent_memory.store import EpisodicStore, NewEpisode
 from agent_memory.types import Episode, Namespace, SearchHit
@@ -61,6 +62,20 @@ class Answer:
         }
 
 
+@dataclass
+class ForgetReport:
+    """What :meth:`AgentMemory.forget` removed."""
+
+    episodes: int = 0
+    modules_dropped: list[str] = field(default_factory=list)
+    episodes_released: int = 0
+    modules_retrained: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"episodes_deleted": self.episodes, "modules_dropped": self.modules_dropped,
+                "episodes_released": self.episodes_released, "modules_retrained": self.modules_retrained}
+
+
 class ConsolidationBusyError(AgentMemoryError):
     """Another process (or the scheduler) is consolidating this memory home right now."""
 
@@ -90,6 +105,9 @@ class AgentMemory:
         self.registry = registry or AdapterRegistry(Path(self.config.home) / "modules")
         self.router = Router(store, self.registry, self.config.router)
         self._adapters = None
+        # one model, many callers (framework executors, a web server's threads): activating modules, merging
+        # them into the weights and generating, or training on the model, happen one at a time
+        self._model_lock = threading.RLock()
 
     @classmethod
     def open(
@@ -180,10 +198,13 @@ class AgentMemory:
         k: int | None = None,
         budget_tokens: int = 1024,
         route: str | None = None,
+        max_new_tokens: int | None = None,
     ) -> Answer:
         """Answer from memory: the router picks none / icl / rag / adapter / a hybrid and says why.
 
-        ``route`` forces a route (evals compare them); ``budget_tokens`` bounds the memory in the prompt.
+        ``route`` forces a route (evals compare them); ``budget_tokens`` bounds the memory in the prompt;
+        ``max_new_tokens`` bounds the answer (default: the backbone config's). Safe to call from several threads:
+        retrieval and routing run concurrently, the model work one call at a time.
         """
         from agent_memory.adapters import CorruptModuleError
 
@@ -191,21 +212,29 @@ class AgentMemory:
         timings: dict[str, float] = {}
         decision = self.router.decide(question, ns, self.config.retrieval_k if k is None else k, route=route,
                                       timings=timings)
+        if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+            raise ValidationError("max_new_tokens", f"expected a positive int, got {max_new_tokens!r}",
+                                  "pass e.g. max_new_tokens=64, or leave it out for the backbone config's")
         backbone = self.backbone
-        started = time.perf_counter()
-        try:
-            self.adapters.activate(self.router.modules_for(decision, ns))
-        except (CorruptModuleError, BackboneMismatchError) as exc:
-            decision = self.router.without_modules(decision, f"{exc}")
-            self.adapters.deactivate()
-        timings["activate"] = (time.perf_counter() - started) * 1000
-        prompt, decision = self._prompt(question, decision, budget_tokens)
-        started = time.perf_counter()
-        with self.adapters.merged() as merge_ms:
-            text = backbone.complete([prompt], max_new_tokens=self.config.backbone.max_new_tokens)[0]
-        timings["merge"] = merge_ms
-        timings["generate"] = (time.perf_counter() - started) * 1000
-        self.adapters.deactivate()
+        with self._model_lock:
+            started = time.perf_counter()
+            try:
+                self.adapters.activate(self.router.modules_for(decision, ns))
+            except (CorruptModuleError, BackboneMismatchError) as exc:
+                if isinstance(exc, CorruptModuleError):  # unreadable: set aside, its episodes pending again
+                    self.delete_module(exc.module_id, quarantine=str(exc))
+                decision = self.router.without_modules(decision, f"{exc}")
+                self.adapters.deactivate()
+            timings["activate"] = (time.perf_counter() - started) * 1000
+            prompt, decision = self._prompt(question, decision, budget_tokens)
+            started = time.perf_counter()
+            try:
+                with self.adapters.merged() as merge_ms:
+                    text = backbone.complete([prompt], max_new_tokens=max_new_tokens or self.config.backbone.max_new_tokens)[0]
+            finally:
+                self.adapters.deactivate()
+            timings["merge"] = merge_ms
+            timings["generate"] = (time.perf_counter() - started) * 1000
         return Answer(text, decision, backbone.count_tokens(prompt), timings)
 
     def _prompt(self, question: str, decision: RouteDecision, budget_tokens: int) -> tuple[str, RouteDecision]:
@@ -244,19 +273,65 @@ class AgentMemory:
                 "wait for it to finish (agent-memory schedule status shows it) and run again"
             )
         try:
-            consolidator = Consolidator(self.store, self.backbone, self.registry, config, progress=progress)
-            return consolidator.run(as_namespace(namespace))
+            with self._model_lock:  # training puts LoRA layers on the same model that answers
+                consolidator = Consolidator(self.store, self.backbone, self.registry, config, progress=progress)
+                return consolidator.run(as_namespace(namespace))
         finally:
             lock.release()
 
-    def delete_module(self, module_id: str) -> None:
-        """Delete a module; the episodes it had absorbed become pending again."""
-        info = self.registry.delete(module_id)
+    def delete_module(self, module_id: str, *, quarantine: str | None = None) -> ModuleInfo:
+        """Delete a module (or quarantine it, with the reason); the episodes it had absorbed become pending again."""
+        info = self.registry.delete(module_id, quarantine=quarantine)
         if self._adapters is not None:
             self._adapters.forget(module_id)
         scope = Namespace(info.user_id, info.agent_id)
         mine = [e.id for e in self.store.list(scope) if e.absorbed_by == module_id]
         self.store.mark_absorbed(mine, scope, None)
+        return info
+
+    def forget(
+        self,
+        namespace: NamespaceLike,
+        *,
+        episode_ids: Sequence[str] | None = None,
+        retrain: bool = True,
+        config: Any = None,
+    ) -> ForgetReport:
+        """Remove episodes and every parametric trace of them.
+
+        ``namespace`` alone forgets a whole user (or one agent, or one session); with ``episode_ids``
+        only those (every id must lie in the namespace, or nothing is touched). Each module that absorbed
+        a forgotten episode is dropped first, so no answer can come from it, and its other episodes
+        become pending; with ``retrain`` they are consolidated again at once (else by the next nightly run).
+        Forgetting a whole user drops their collections and module folders and nothing of anyone else's.
+        """
+        ns = as_namespace(namespace)
+        if episode_ids is None and ns.agent_id is None:
+            modules = self.registry.delete_user(ns.user_id)
+            for module_id in modules:
+                if self._adapters is not None:
+                    self._adapters.forget(module_id)
+            return ForgetReport(episodes=self.store.delete_user(ns.user_id), modules_dropped=modules)
+        if episode_ids is None:
+            doomed = self.store.list(ns)
+        else:
+            ids = [episode_ids] if isinstance(episode_ids, str) else list(episode_ids)
+            doomed = [self.store.get(i, ns) for i in ids]  # NotFoundError before anything is touched
+        gone = {e.id for e in doomed}
+        report = ForgetReport()
+        # every module holding a forgotten episode: its owner now, or one that learned an older version
+        holders = {e.absorbed_by for e in doomed if e.absorbed_by}
+        holders |= {m.id for m in self.registry.list(ns.user_id) if gone & set(m.episode_ids)}
+        for module_id in sorted(holders):
+            info = self.delete_module(module_id)
+            report.modules_dropped.append(module_id)
+            report.episodes_released += len(set(info.episode_ids) - gone)
+        report.episodes = self.store.delete([e.id for e in doomed], Namespace(ns.user_id)) if doomed else 0
+        if retrain and report.modules_dropped:
+            for agent in sorted({e.namespace.agent_id for e in doomed}):
+                result = self.consolidate(Namespace(ns.user_id, agent), config)
+                report.modules_retrained += [m.id for m in result.modules]
+        return report
 
     def info(self) -> dict[str, Any]:
         namespaces = self.store.namespaces()

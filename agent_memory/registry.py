@@ -58,6 +58,8 @@ class ModuleInfo:
     created_at: str
     examples_per_episode: dict[str, int] = field(default_factory=dict)
     train_seconds: float = 0.0
+    episode_versions: dict[str, int] = field(default_factory=dict)
+    """The version of each episode the module learned (an episode changed since is pending again)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,14 +123,36 @@ class AdapterRegistry:
             self._write(info.user_id, info.agent_id, modules)
         return info
 
-    def delete(self, module_id: str) -> ModuleInfo:
-        """Remove a module from its manifest, then its folder."""
+    def delete(self, module_id: str, *, quarantine: str | None = None) -> ModuleInfo:
+        """Remove a module from its manifest, then its folder.
+
+        With ``quarantine`` (the reason), the folder is moved to ``.quarantine/`` for inspection instead.
+        """
         info = self.get(module_id)
         with self._locked():
             modules = [m for m in self._read(info.user_id, info.agent_id) if m.id != module_id]
             self._write(info.user_id, info.agent_id, modules)
-        shutil.rmtree(self._dir(info.user_id, info.agent_id) / module_id, ignore_errors=True)
+        folder = self._dir(info.user_id, info.agent_id) / module_id
+        if quarantine is not None and folder.is_dir():
+            target = self.root / ".quarantine" / f"{info.user_id}--{info.agent_id}--{module_id}-{uuid.uuid4().hex[:6]}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(folder, target)
+            (target / "QUARANTINED.txt").write_text(quarantine + "\n", encoding="utf-8")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
         return info
+
+    def delete_user(self, user_id: str) -> list[str]:
+        """Remove every module of one user (all agents), and nothing of anyone else's; returns their ids."""
+        check_id("user_id", user_id)
+        ids = [m.id for m in self.list(user_id)]
+        with self._locked():
+            shutil.rmtree(self.root / user_id, ignore_errors=True)
+        return ids
+
+    def quarantined(self) -> list[Path]:
+        folder = self.root / ".quarantine"
+        return sorted(folder.iterdir()) if folder.is_dir() else []
 
     def sweep(self) -> list[Path]:
         """Remove staging leftovers and module folders no manifest names (what a crash leaves)."""
@@ -139,10 +163,13 @@ class AdapterRegistry:
                 for p in staging.iterdir():
                     shutil.rmtree(p, ignore_errors=True)
                     removed.append(p)
-            for manifest in self.root.glob("*/*/manifest.json"):
-                user, agent = manifest.parent.parent.name, manifest.parent.name
-                named = {m.id for m in self._read(user, agent)}
-                for p in manifest.parent.glob("mod_*"):
+            # every agent folder, with a manifest or not: a crash between the rename and the first
+            # manifest write of an agent leaves a module folder beside no manifest at all
+            for folder in self.root.glob("*/*"):
+                if folder.parent.name.startswith(".") or not folder.is_dir():
+                    continue
+                named = {m.id for m in self._read(folder.parent.name, folder.name)}
+                for p in folder.glob("mod_*"):
                     if p.name not in named:
                         shutil.rmtree(p, ignore_errors=True)
                         removed.append(p)

@@ -36,7 +36,8 @@ class RouteFeatures:
     top_score: float = 0.0
     """Cosine similarity of the best retrieved episode (0 when nothing was retrieved)."""
     relevant: int = 0
-    """Retrieved episodes scoring at least ``max(min_score, top_score - relevance_margin)`` (the router's config)."""
+    """Retrieved episodes scoring at least ``max(min_score, best - relevance_margin)`` (the router's config), where
+    best is the score of the best retrieved episode that is not a question (of the best one when all are)."""
     relevant_absorbed: int = 0
     """Relevant episodes absorbed by a trusted (not weak) module."""
     relevant_in_recent: int = 0
@@ -232,7 +233,12 @@ class Router:
         modules, centroids = self._module_table(namespace)
         by_id = {m.id: m for m in modules}
         trusted = {m.id for m in modules if not m.weak}
-        cutoff = max(self.config.min_score, (hits[0].score if hits else 0.0) - self.config.relevance_margin)
+        # the margin is measured from the best episode that is not itself a question: an agent records every
+        # turn, so asking again finds the earlier asking at cosine ~1.0, which holds no answer and would
+        # otherwise push the statement that does below the margin
+        statements = [h for h in hits if not h.episode.text.rstrip().endswith("?")]
+        anchor = (statements or hits)[0].score if hits else 0.0
+        cutoff = max(self.config.min_score, anchor - self.config.relevance_margin)
         relevant = [h for h in hits if h.score >= cutoff]
         recent_ids = {e.id for e in recent}
         weight: dict[str, float] = {}

@@ -17,13 +17,18 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 from agent_memory.config import require_positive_int
-from agent_memory.errors import ConfigError
+from agent_memory.errors import AgentMemoryError, ConfigError
 from agent_memory.registry import AdapterRegistry, ModuleInfo
 from agent_memory.store import EpisodicStore
+from agent_memory.store.backend import Partition
 from agent_memory.types import Episode, Namespace
 
 from agent_memory.consolidation.synthesis import Synthesizer, TemplateSynthesizer, examples_per_episode
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, encode_examples, train_lora
+
+
+class EpisodesChangedError(AgentMemoryError):
+    """Episodes a module was learning were deleted during its training; the module was dropped."""
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,11 @@ class Consolidator:
         fixed = 0
         for info in self.registry.list(namespace.user_id, namespace.agent_id):
             scope = Namespace(info.user_id, info.agent_id)
-            pending = {e.id for e in self.store.pending(scope)}
+            pending = {e.id: e.version for e in self.store.pending(scope)}
             todo = [i for i in info.episode_ids if i in pending]
             if todo:
-                self.store.mark_absorbed(todo, scope, info.id)
-                fixed += len(todo)
+                versions = info.episode_versions or {i: pending[i] for i in todo}  # older manifests: trust them
+                fixed += len(self.store.mark_absorbed(todo, scope, info.id, versions=versions))
         return fixed
 
     def self_test(self, examples: Sequence[QAExample], probes: Sequence[QAExample]) -> float:
@@ -170,9 +175,19 @@ class Consolidator:
                 backbone=self.backbone.name, backbone_fingerprint=self.backbone.fingerprint,
                 created_at=datetime.now(timezone.utc).isoformat(),
                 examples_per_episode=examples_per_episode(examples), train_seconds=round(report.seconds, 2),
+                episode_versions={e.id: e.version for e in episodes},
             )
             self.registry.commit(staged, info)
-        self.store.mark_absorbed(list(info.episode_ids), scope, info.id)
+        marked = self.store.mark_absorbed(list(info.episode_ids), scope, info.id, versions=info.episode_versions)
+        unmarked = [i for i in info.episode_ids if i not in set(marked)]
+        if unmarked and len(self.store.backend.fetch(Partition(scope.user_id), unmarked)) < len(unmarked):
+            # an episode was deleted while the module learned it: the module must not keep it
+            self.registry.delete(info.id)
+            self.store.mark_absorbed(marked, scope, None)
+            raise EpisodesChangedError(
+                f"episodes were deleted while module {info.id} was training; it was dropped and its other "
+                f"episodes stay pending: run consolidation again"
+            )
         return info
 
     def _answer_tokens(self, examples: Sequence[QAExample]) -> int:

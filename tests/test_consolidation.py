@@ -177,8 +177,12 @@ def test_registry_sweep_delete_and_bad_ids(setup):
     orphan = registry.root / "maria" / "companion" / "mod_orphan0000"
     orphan.mkdir()
     (registry.root / ".staging" / "mod-leftover").mkdir(parents=True)
+    # killed between the rename and the first manifest write of an agent: a module beside no manifest
+    first = registry.root / "maria" / "planner" / "mod_first0000000"
+    first.mkdir(parents=True)
     removed = registry.sweep()
     assert orphan in removed and not orphan.exists() and registry.path(info).is_dir()
+    assert first in removed and not first.exists()
     assert not list((registry.root / "maria" / "companion").glob(".manifest-*")), "no temp manifests"
     with pytest.raises(ValidationError):
         registry.get("../../etc")

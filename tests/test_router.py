@@ -150,6 +150,19 @@ def test_centroid_fallback_when_retrieval_misses(memory):
     assert answer.route == "adapter" and answer.modules == [info.id] and "centroid" in answer.reason
 
 
+def test_a_recorded_question_does_not_crowd_out_the_statement_that_answers_it(memory):
+    """Agents record every turn: asking again retrieves the earlier asking first (cosine 1.0 vs 0.68 here)."""
+    fact = add(memory, "My dog is called Biscuit.", OLD, 0)
+    asked = add(memory, "What is my dog called?", Namespace("maria", "companion", "s5"), 5)
+    decision = memory.router.decide("What is my dog called?", NOW, 5)
+    scores = {h.episode.id: h.score for h in decision.retrieved}
+    assert scores[asked.id] - scores[fact.id] > memory.config.router.relevance_margin, "the case the rule is for"
+    assert decision.route == "rag" and fact.id in [h.episode.id for h in decision.evidence]
+    add(memory, "Did I tell you where I moved?", Namespace("zoe", "companion", "s1"), 1)
+    only_questions = memory.router.decide("Did I tell you where I moved?", Namespace("zoe", "companion", "s2"), 5)
+    assert only_questions.features.relevant == 1, "with no statement retrieved, the best question anchors the margin"
+
+
 def test_provenance_picks_the_modules_that_absorbed_the_top_hits(memory):
     dog, city, cello = (add(memory, t, OLD, i) for i, t in enumerate([DOG, CITY, CELLO]))
     m_dog = make_module(memory, [dog], seed=1)
@@ -297,3 +310,28 @@ def test_module_from_another_backbone_is_refused(memory, tiny_model_dir):
     (memory.registry.path(info) / "adapter_config.json").unlink()
     with pytest.raises(CorruptModuleError, match="consolidate again"):
         ResidentAdapters(memory.backbone, memory.registry).load(info)
+
+
+def test_answers_from_parallel_threads_match_serial_ones(memory):
+    """Each answer merges its own modules into the shared weights; threads must never see each other's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    dog = make_module(memory, [add(memory, DOG, OLD, 0)], seed=1)
+    city = make_module(memory, [add(memory, CITY, Namespace("maria", "travel", "s1"), 1)], seed=2)
+    asks = [("What is the name of Maria's dog?", NOW), ("Where did Maria move?", Namespace("maria", "travel", "s9"))] * 4
+    serial = [memory.answer(q, ns, k=1, max_new_tokens=6) for q, ns in asks[:2]]
+    assert [a.modules for a in serial] == [[dog.id], [city.id]]
+    assert serial[0].text != serial[1].text, "the two modules steer the tiny model differently"
+    before = {n: p.detach().clone() for n, p in memory.backbone.model.named_parameters()}
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda qa: memory.answer(qa[0], qa[1], k=1, max_new_tokens=6), asks))
+    assert [a.text for a in parallel] == [a.text for a in serial] * 4
+    assert all(torch.equal(p, before[n]) for n, p in memory.backbone.model.named_parameters()), "weights restored"
+
+
+def test_max_new_tokens_bounds_the_answer_per_call(memory):
+    add(memory, DOG, OLD, 0)
+    short = memory.answer("What is the name of Maria's dog?", NOW, route="rag", max_new_tokens=2)
+    assert 0 < memory.backbone.count_tokens(short.text) <= 2
+    with pytest.raises(ValidationError, match="max_new_tokens"):
+        memory.answer("What is the name of Maria's dog?", NOW, max_new_tokens=0)

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from agent_memory.errors import StoreError
 from agent_memory.store.backend import Partition, Record
-from agent_memory.store.filters import Condition, to_chroma_where
+from agent_memory.store.filters import Condition, matches_all, to_chroma_where
 
 T = TypeVar("T")
 _BACKOFF_S = 0.2
@@ -115,9 +115,12 @@ class ChromaBackend:
         col = self._collection(part)
         if col is None:
             return []
-        where = to_chroma_where(list(conditions))
-        got = self._call(lambda: col.get(where=where, limit=limit, include=["documents", "metadatas"]), "list episodes")
-        return _records(got, False)
+        native, local = _split(conditions)
+        where = to_chroma_where(native)
+        got = self._call(lambda: col.get(where=where, limit=None if local else limit, include=["documents", "metadatas"]),
+                         "list episodes")
+        rows = [r for r in _records(got, False) if matches_all(local, r.metadata)]
+        return rows[:limit] if limit is not None else rows
 
     def query(
         self, part: Partition, embedding: Sequence[float], conditions: Sequence[Condition], k: int
@@ -125,10 +128,17 @@ class ChromaBackend:
         col = self._collection(part)
         if col is None:
             return []
-        where = to_chroma_where(list(conditions))
+        native, local = _split(conditions)
+        ids = None
+        if local:  # find the matching ids here, then search among them only
+            ids = [r.id for r in self.scan(part, conditions)]
+            if not ids:
+                return []
+            native, k = [], min(k, len(ids))
+        where = to_chroma_where(native)
         got = self._call(
             lambda: col.query(
-                query_embeddings=[list(embedding)], n_results=k, where=where,
+                query_embeddings=[list(embedding)], n_results=k, where=where, ids=ids,
                 include=["documents", "metadatas", "distances"],
             ),
             "search episodes",
@@ -242,6 +252,21 @@ def _retry(fn: Callable[[], T], retries: int, what: str) -> T:
                 raise StoreError(f"could not {what}: {exc}") from exc
             raise
     raise AssertionError("unreachable")
+
+
+def _split(conditions: Sequence[Condition]) -> tuple[list[Condition], list[Condition]]:
+    """(conditions Chroma evaluates right, conditions evaluated here).
+
+    Chroma (1.5) truncates a float operand compared with an int-valued field: ``n == 20.5`` matches
+    20, ``n >= 20.5`` matches 20, ``n > -0.5`` misses 0. Conditions with a non-integral float are
+    therefore evaluated in Python (:meth:`Condition.matches`), as the in-memory backend does.
+    """
+    native, local = [], []
+    for c in conditions:
+        values = c.value if isinstance(c.value, tuple) else (c.value,)
+        exact = not any(isinstance(v, float) and not v.is_integer() for v in values)
+        (native if exact else local).append(c)
+    return native, local
 
 
 def _columns(records: Sequence[Record]) -> dict[str, list]:

@@ -89,9 +89,19 @@ class EpisodicStore:
             for user, records in by_user.items():
                 self.backend.insert(Partition(user), records)
                 written.append((Partition(user), [r.id for r in records]))
-        except Exception:
+        except Exception as exc:
+            stranded: list[str] = []
             for part, ids in written:  # all or none across users too
-                self.backend.remove(part, ids)
+                try:
+                    self.backend.remove(part, ids)
+                except Exception:  # the backend is failing (e.g. the server is down): say what may remain
+                    stranded.extend(ids)
+            if stranded:
+                raise StoreError(
+                    f"could not add the batch ({exc}); undoing the {len(stranded)} episode(s) already written failed "
+                    f"too, so they may remain: {', '.join(stranded[:5])}{' ...' if len(stranded) > 5 else ''}; "
+                    "delete them with delete(ids, namespace) once the store answers again"
+                ) from exc
             raise
         return episodes
 
@@ -126,14 +136,32 @@ class EpisodicStore:
         self.backend.upsert(Partition(user), [_to_record(changed, embedding)])
         return changed
 
-    def mark_absorbed(self, episode_ids: Sequence[str], namespace: Namespace, module_id: str | None) -> None:
-        """Record which module consolidated these episodes (``None`` makes them pending again)."""
+    def mark_absorbed(
+        self,
+        episode_ids: Sequence[str],
+        namespace: Namespace,
+        module_id: str | None,
+        *,
+        versions: Mapping[str, int] | None = None,
+    ) -> list[str]:
+        """Record which module consolidated these episodes (``None`` makes them pending again); returns the ids marked.
+
+        With ``versions`` (id -> the version the module learned), an episode deleted or changed since
+        is skipped instead: it stays gone, or pending with its new text.
+        """
         if module_id is not None:
             check_id("module_id", module_id)
-        records = [self._fetch_current(i, namespace, embeddings=True) for i in episode_ids]
+        if versions is None:
+            records = [self._fetch_current(i, namespace, embeddings=True) for i in episode_ids]
+        else:
+            found = self.backend.fetch(Partition(namespace.user_id), list(episode_ids), embeddings=True)
+            records = [r for r in found if int(r.metadata.get("version", 1)) == versions.get(r.id)]
         for r in records:
+            self._checked(r, namespace)
             r.metadata["absorbed_by"] = module_id or ""
-        self.backend.upsert(Partition(namespace.user_id), records)
+        if records:
+            self.backend.upsert(Partition(namespace.user_id), records)
+        return [r.id for r in records]
 
     def delete(self, episode_ids: str | Sequence[str], namespace: Namespace) -> int:
         """Delete episodes and all their past versions. Unknown ids fail before anything is deleted."""
@@ -231,7 +259,7 @@ class EpisodicStore:
         conds = self._conditions(namespace)
         if not conds:
             return self.backend.count(Partition(namespace.user_id))
-        return len(self.backend.scan(Partition(namespace.user_id), conds))
+        return len([self._checked(r, namespace) for r in self.backend.scan(Partition(namespace.user_id), conds)])
 
     # -- internals --------------------------------------------------------------------------------
     def _new_episode(self, item: Any, now: datetime, where: str) -> Episode:

@@ -136,7 +136,13 @@ def _condition(field: str, op: Any, value: Any) -> Condition:
     if op in _LIST_OPS:
         if not isinstance(value, (list, tuple)) or not value:
             raise InvalidFilterError(name, f"{op} needs a non-empty list", f'write {{"{op}": [a, b]}}')
-        return Condition(storage_key(field), op, tuple(check_scalar(v, name, InvalidFilterError) for v in value))
+        values = tuple(check_scalar(v, name, InvalidFilterError) for v in value)
+        if len({type(v) for v in values}) > 1:  # Chroma refuses mixed lists; refuse them on every backend alike
+            raise InvalidFilterError(
+                name, f"{op} mixes value types ({', '.join(sorted({type(v).__name__ for v in values}))})",
+                "use values of one type: all strings, all ints, all floats or all booleans",
+            )
+        return Condition(storage_key(field), op, values)
     value = check_scalar(value, name, InvalidFilterError)
     if op in _RANGE_OPS and (isinstance(value, (bool, str))):
         raise InvalidFilterError(name, f"{op} compares numbers, got {value!r}", "pass an int or float")

@@ -30,7 +30,10 @@ def chroma_executable() -> str:
 
 
 class ChromaServer:
-    """A ``chroma run`` child process on 127.0.0.1; use as a context manager."""
+    """A ``chroma run`` child process on 127.0.0.1; use as a context manager.
+
+    :meth:`kill` then :meth:`start` restarts it on the same port and data folder (the fault harness does).
+    """
 
     def __init__(self, path: str | Path, port: int | None = None, startup_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
@@ -60,6 +63,13 @@ class ChromaServer:
             time.sleep(0.1)
         self.stop()
         raise StoreError(f"`chroma run` did not answer on {self.url} within {self.startup_timeout_s:.0f} s")
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (no shutdown); :meth:`start` brings it back on the same port and path."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

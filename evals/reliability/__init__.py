@@ -1,0 +1,1 @@
+"""Reliability harnesses: crash safety, tenant isolation, server faults, load (issue 8)."""
