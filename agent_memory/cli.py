@@ -297,6 +297,40 @@ def bench_consolidation(
         typer.echo(f"wrote {plot_out}")
 
 
+# -- evals (issue 7) -------------------------------------------------------------------------------------
+eval_app = typer.Typer(no_args_is_help=True, help="Evals: LoCoMo long-horizon memory.")
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("locomo")
+def eval_locomo(
+    data: Path = typer.Option(..., "--data", help="A file in the locomo10.json schema (../shared/data/locomo/locomo_dev5.json)."),
+    conversations: Optional[str] = typer.Option(None, "--conversations", help="Comma-separated sample ids (default: all)."),
+    methods: str = typer.Option(",".join(("none", "icl", "rag", "adapter", "router")), "--methods",
+                                help="Comma-separated: none, icl, rag, adapter, router."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N questions of each conversation."),
+    out: Path = typer.Option(Path("evals/results/locomo"), "--out", help="Results folder (answers.jsonl, summary.json, report.md, homes/); a rerun resumes."),
+    k: int = typer.Option(5, "-k", help="Episodes retrieved per question."),
+    consolidate_every: int = typer.Option(0, "--consolidate-every", min=0, help="Consolidate after every N sessions (0: never)."),
+    rank: int = typer.Option(16, "--rank", help="LoRA rank of the modules consolidation makes."),
+    epochs: int = typer.Option(30, "--epochs", help="Most passes over the synthesized QA per module."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Longest answer."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: the embedded SmolLM2)."),
+) -> None:
+    """LoCoMo: ingest each conversation with its dates, consolidate, answer by each method, LoCoMo F1 per category."""
+    from agent_memory.config import BackboneConfig, MemoryConfig
+    from agent_memory.consolidation import ConsolidationConfig, LoraSettings
+    from agent_memory.evals.locomo import run_locomo
+
+    config = MemoryConfig(backbone=BackboneConfig(model=backbone)) if backbone else MemoryConfig()
+    consolidation = ConsolidationConfig(lora=LoraSettings(rank=rank, alpha=2 * rank, max_epochs=epochs))
+    run_locomo(data, out, conversations=conversations.split(",") if conversations else None,
+               methods=[m for m in methods.split(",") if m], limit=limit, k=k, consolidate_every=consolidate_every,
+               max_new_tokens=max_new_tokens, memory_config=config, consolidation=consolidation, echo=typer.echo)
+    typer.echo((out / "report.md").read_text().rstrip())
+    typer.echo(f"wrote {out / 'summary.json'}, {out / 'report.md'}, {out / 'f1_by_category.png'}, {out / 'answers.jsonl'}")
+
+
 # -- scheduled consolidation (issue 5) -------------------------------------------------------------------
 schedule_app = typer.Typer(no_args_is_help=True, help="Scheduled consolidation of every namespace, with run history.")
 app.add_typer(schedule_app, name="schedule")

@@ -1,0 +1,363 @@
+"""LoCoMo: long-horizon conversational memory, scored the way the LoCoMo authors score it.
+
+``run_locomo`` ingests each conversation session by session with its real timestamps (one memory home
+per conversation; namespace ``<sample_id>/locomo/s<N>``), consolidates after every ``consolidate_every``
+sessions as the nightly job would, then asks every question once per method, from the last session:
+
+* ``none``: the backbone alone (route ``none``);
+* ``icl``: the last session's recent turns in the prompt (route ``icl``);
+* ``rag``: the top-k retrieved episodes, with their dates (route ``rag``);
+* ``adapter``: the modules that absorbed the retrieved episodes, question only (route ``adapter``);
+* ``router``: whatever the router picks.
+
+Scoring follows ``task_eval/evaluation.py`` of snap-research/locomo: answers are lower-cased, commas and
+punctuation removed, ``a an the and`` dropped, Porter-stemmed, then token F1; category 1 (multi-hop) takes,
+for each comma-separated gold part, the best F1 over the prediction's comma-separated parts, and averages;
+category 3 keeps the gold up to its first ``;``; category 5 (adversarial) scores 1 when the prediction
+contains "no information available" or "not mentioned". The overall F1 is over categories 1-4. Evidence
+recall@k: the share of a question's ``evidence`` dia_ids among the k retrieved episodes.
+
+Every answer is appended to ``answers.jsonl`` in the output folder as soon as it exists, and a
+conversation's home is marked ingested only once all its sessions (and consolidations) are in, so a killed
+run continues where it stopped: finished answers are kept, a half-ingested home is emptied and ingested again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from agent_memory.errors import ValidationError
+
+METHODS = ("none", "icl", "rag", "adapter", "router")
+ROUTE_OF = {"none": "none", "icl": "icl", "rag": "rag", "adapter": "adapter", "router": None}
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
+ABSTENTIONS = ("no information available", "not mentioned")
+AGENT = "locomo"
+
+
+# -- the data ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Turn:
+    speaker: str
+    dia_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Session:
+    number: int
+    when: datetime
+    turns: tuple[Turn, ...]
+
+
+@dataclass(frozen=True)
+class Question:
+    index: int
+    question: str
+    answer: str
+    category: int
+    evidence: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    sample_id: str
+    speakers: tuple[str, str]
+    sessions: tuple[Session, ...]
+    questions: tuple[Question, ...]
+
+
+_TIME = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*([ap]m)\s+on\s+(\d{1,2})\s+([A-Za-z]+),?\s+(\d{4})\s*$", re.IGNORECASE)
+_MONTHS = {m: n for n, m in enumerate(["january", "february", "march", "april", "may", "june", "july", "august",
+                                         "september", "october", "november", "december"], start=1)}
+
+
+def parse_locomo_time(text: str, field: str = "session_date_time") -> datetime:
+    """``"1:56 pm on 8 May, 2023"`` -> an aware datetime (the data gives no zone: UTC is assumed)."""
+    match = _TIME.match(text) if isinstance(text, str) else None
+    month = _MONTHS.get(match.group(5).lower()) if match else None
+    if not match or month is None:
+        raise ValidationError(field, f"{text!r} is not a LoCoMo date", "write it like '1:56 pm on 8 May, 2023'")
+    hour, minute = int(match.group(1)) % 12 + (12 if match.group(3).lower() == "pm" else 0), int(match.group(2))
+    return datetime(int(match.group(6)), month, int(match.group(4)), hour, minute, tzinfo=timezone.utc)
+
+
+def _need(record: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(record, dict) or key not in record:
+        raise ValidationError(f"{where}.{key}", "is missing", "use a file in the locomo10.json schema")
+    value = record[key]
+    if not isinstance(value, kind):
+        raise ValidationError(f"{where}.{key}", f"expected {getattr(kind, '__name__', kind)}, got {type(value).__name__}",
+                              "use a file in the locomo10.json schema")
+    return value
+
+
+def load_locomo(path: str | Path) -> list[Conversation]:
+    """Every conversation of a file in the ``locomo10.json`` schema, checked; errors name the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValidationError("data", f"{path} is not a file", "pass the LoCoMo JSON, e.g. ../shared/data/locomo/locomo_dev5.json")
+    try:
+        samples = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValidationError("data", f"{path} is not JSON ({exc})", "pass the LoCoMo JSON file") from None
+    if not isinstance(samples, list) or not samples:
+        raise ValidationError("data", "expected a non-empty list of samples", "use a file in the locomo10.json schema")
+    return [_conversation(sample, n) for n, sample in enumerate(samples)]
+
+
+def _conversation(sample: Any, n: int) -> Conversation:
+    where = f"[{n}]"
+    sample_id = _need(sample, "sample_id", str, where)
+    conv = _need(sample, "conversation", dict, where)
+    where = f"{sample_id}.conversation"
+    speakers = (_need(conv, "speaker_a", str, where), _need(conv, "speaker_b", str, where))
+    numbers = sorted(int(k.split("_")[1]) for k in conv if re.fullmatch(r"session_\d+", k))
+    sessions = []
+    for number in numbers:  # sessions are counted by the turn lists present (some dates have no turns)
+        key = f"session_{number}"
+        raw_turns = _need(conv, key, list, where)
+        if not raw_turns:
+            continue
+        when = parse_locomo_time(_need(conv, f"{key}_date_time", str, where), f"{where}.{key}_date_time")
+        turns = []
+        for t, raw in enumerate(raw_turns):
+            at = f"{where}.{key}[{t}]"
+            text = _need(raw, "text", str, at)
+            if raw.get("blip_caption"):  # a shared photo: the caption is what a text-only memory can keep
+                text = f"{text} [shares a photo: {raw['blip_caption']}]".strip()
+            turns.append(Turn(_need(raw, "speaker", str, at), _need(raw, "dia_id", str, at), text))
+        sessions.append(Session(number, when, tuple(turns)))
+    if not sessions:
+        raise ValidationError(f"{where}", "holds no session with turns", "use a file in the locomo10.json schema")
+    questions = []
+    for q, raw in enumerate(_need(sample, "qa", list, sample_id)):
+        at = f"{sample_id}.qa[{q}]"
+        category = _need(raw, "category", int, at)
+        if category not in CATEGORIES:
+            raise ValidationError(f"{at}.category", f"{category} is not a LoCoMo category", "use 1-5")
+        gold = raw.get("answer", raw.get("adversarial_answer", "")) if category == 5 else _need(raw, "answer", (str, int, float), at)
+        questions.append(Question(q, _need(raw, "question", str, at), str(gold), category,
+                                  tuple(str(e) for e in raw.get("evidence", []))))
+    return Conversation(sample_id, speakers, tuple(sessions), tuple(questions))
+
+
+# -- scoring (the LoCoMo authors' rules) -------------------------------------------------------------
+def normalize_answer(text: str) -> str:
+    text = text.replace(",", "").lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the|and)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _stems(text: str) -> list[str]:
+    from nltk.stem import PorterStemmer
+
+    stem = PorterStemmer().stem
+    return [stem(w) for w in normalize_answer(text).split()]
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    pred, ref = _stems(prediction), _stems(gold)
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score(prediction: str, gold: str, category: int) -> float:
+    """One answer's score: F1 (multi-part for category 1), abstention for category 5."""
+    if category == 5:
+        return float(any(phrase in prediction.lower() for phrase in ABSTENTIONS))
+    if category == 3:
+        gold = gold.split(";")[0].strip()
+    if category == 1:
+        parts = [p.strip() for p in prediction.split(",")]
+        golds = [g.strip() for g in gold.split(",")]
+        return sum(max(token_f1(p, g) for p in parts) for g in golds) / len(golds)
+    return token_f1(prediction, gold)
+
+
+def evidence_recall(retrieved: Iterable[str], evidence: Sequence[str]) -> float | None:
+    """Share of the evidence dia_ids among the retrieved ones (None when a question has no evidence)."""
+    if not evidence:
+        return None
+    found = set(retrieved)
+    return sum(e in found for e in evidence) / len(evidence)
+
+
+# -- running ------------------------------------------------------------------------------------------
+def ingest(memory: Any, conv: Conversation, consolidate_every: int = 0, consolidation: Any = None,
+           echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Add the conversation session by session (dated turns), consolidating after every ``consolidate_every``."""
+    from agent_memory.store import NewEpisode
+    from agent_memory.types import Namespace
+
+    started, modules, absorbed = time.perf_counter(), 0, 0
+    for done, session in enumerate(conv.sessions, start=1):
+        ns = Namespace(conv.sample_id, AGENT, f"s{session.number}")
+        memory.add_many([
+            NewEpisode(t.text, ns, speaker=t.speaker, role="user", timestamp=session.when + timedelta(seconds=i),
+                       metadata={"dia_id": t.dia_id})
+            for i, t in enumerate(session.turns)
+        ])
+        if consolidate_every and (done % consolidate_every == 0 or done == len(conv.sessions)):
+            result = memory.consolidate(Namespace(conv.sample_id, AGENT), consolidation)
+            modules += len(result.modules)
+            absorbed += result.episodes_absorbed
+            echo(f"  {conv.sample_id}: after session {session.number}, {len(result.modules)} module(s) absorbed "
+                 f"{result.episodes_absorbed} episodes")
+    return {"turns": sum(len(s.turns) for s in conv.sessions), "sessions": len(conv.sessions), "modules": modules,
+            "absorbed": absorbed, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def answer_row(memory: Any, conv: Conversation, q: Question, method: str, k: int, max_new_tokens: int) -> dict[str, Any]:
+    """Ask one question by one method, from the conversation's last session; the scored row."""
+    from agent_memory.types import Namespace
+
+    ns = Namespace(conv.sample_id, AGENT, f"s{conv.sessions[-1].number}")
+    result = memory.answer(q.question, ns, k=k, route=ROUTE_OF[method], max_new_tokens=max_new_tokens)
+    retrieved = [h.episode.metadata.get("dia_id") for h in result.decision.retrieved]
+    return {
+        "sample_id": conv.sample_id, "method": method, "index": q.index, "category": q.category,
+        "question": q.question, "gold": q.answer, "prediction": result.text, "score": score(result.text, q.answer, q.category),
+        "route": result.route, "modules": result.modules, "recall_at_k": evidence_recall(retrieved, q.evidence),
+        "prompt_tokens": result.prompt_tokens, "latency_ms": {s: round(v, 2) for s, v in result.latency_ms.items()},
+    }
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Per method: F1 per category, overall F1 over categories 1-4, adversarial accuracy, recall@k, latency, tokens."""
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append(row)
+    out = {}
+    for method in [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS)):
+        mine = by_method[method]
+        per_cat = {CATEGORIES[c]: _mean([r["score"] for r in mine if r["category"] == c]) for c in CATEGORIES}
+        answered = [r for r in mine if r["category"] != 5]
+        totals = sorted(sum(r["latency_ms"].values()) for r in mine)
+        stages = sorted({s for r in mine for s in r["latency_ms"]})
+        out[method] = {
+            "questions": len(mine), "f1": _mean([r["score"] for r in answered]), "by_category": per_cat,
+            "recall_at_k": _mean([r["recall_at_k"] for r in mine if r["recall_at_k"] is not None]),
+            "prompt_tokens": _mean([r["prompt_tokens"] for r in mine]),
+            "latency_ms_p50": totals[len(totals) // 2] if totals else None,
+            "stage_ms_mean": {s: _mean([r["latency_ms"].get(s, 0.0) for r in mine]) for s in stages},
+            "routes": dict(Counter(r["route"] for r in mine)),
+        }
+    return out
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str] | None = None,
+               methods: Sequence[str] = METHODS, limit: int | None = None, k: int = 5, consolidate_every: int = 0,
+               max_new_tokens: int = 32, memory_config: Any = None, consolidation: Any = None,
+               progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole eval: ingest, consolidate, answer, score; resumable through ``out``. Returns the summary."""
+    from tqdm.auto import tqdm
+
+    from agent_memory.memory import AgentMemory
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValidationError("methods", f"{unknown or 'none given'} not among {', '.join(METHODS)}", "pick from those")
+    if limit is not None and limit < 1:
+        raise ValidationError("limit", f"{limit} is not a positive number of questions", "pass --limit 1 or more")
+    convs = load_locomo(data)
+    if conversations:
+        known = {c.sample_id for c in convs}
+        missing = [c for c in conversations if c not in known]
+        if missing:
+            raise ValidationError("conversations", f"{missing} not in {Path(data).name}", f"pick from {sorted(known)}")
+        convs = [c for c in convs if c.sample_id in set(conversations)]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    answers = out / "answers.jsonl"
+    rows = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()] if answers.exists() else []
+    done = {(r["sample_id"], r["method"], r["index"]) for r in rows}
+    ingestion: dict[str, Any] = {}
+    for conv in convs:
+        questions = conv.questions[:limit] if limit else conv.questions
+        todo = [(q, m) for q in questions for m in methods if (conv.sample_id, m, q.index) not in done]
+        home = out / "homes" / conv.sample_id
+        marker = home / "ingested.json"
+        if todo and not marker.exists():
+            memory = AgentMemory.open(home, config=memory_config)
+            memory.forget(conv.sample_id, retrain=False)  # a half-ingested home is emptied, never reused
+            echo(f"{conv.sample_id}: ingesting {len(conv.sessions)} sessions")
+            stats = ingest(memory, conv, consolidate_every, consolidation, echo)
+            marker.write_text(json.dumps(stats))
+        if marker.exists():
+            ingestion[conv.sample_id] = json.loads(marker.read_text())
+        if not todo:
+            continue
+        memory = AgentMemory.open(home, config=memory_config)
+        with answers.open("a", encoding="utf-8") as sink:
+            for q, method in tqdm(todo, desc=conv.sample_id, disable=not progress):
+                row = answer_row(memory, conv, q, method, k, max_new_tokens)
+                sink.write(json.dumps(row) + "\n")
+                sink.flush()
+                rows.append(row)
+    wanted = {(c.sample_id, q.index) for c in convs for q in (c.questions[:limit] if limit else c.questions)}
+    rows = [r for r in rows if (r["sample_id"], r["index"]) in wanted and r["method"] in methods]
+    summary = {
+        "data": Path(data).name, "conversations": [c.sample_id for c in convs], "methods": list(methods),
+        "limit": limit, "k": k, "consolidate_every": consolidate_every, "max_new_tokens": max_new_tokens,
+        "ingestion": ingestion, "results": summarize(rows),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "report.md").write_text(report(summary))
+    plot(summary, out / "f1_by_category.png")
+    return summary
+
+
+def plot(summary: dict[str, Any], path: Path) -> None:
+    """Bars: F1 per category (adversarial: abstention accuracy), a group per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = summary["results"]
+    cats = [CATEGORIES[c] for c in (1, 2, 3, 4, 5)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(1, len(results))
+    for n, (method, r) in enumerate(results.items()):
+        ax.bar([c + n * width for c in range(len(cats))], [r["by_category"][c] or 0.0 for c in cats], width, label=method)
+    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(cats))], cats)
+    ax.set_ylabel("LoCoMo F1 (adversarial: abstained)")
+    ax.set_title(f"LoCoMo {', '.join(summary['conversations'])}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(summary: dict[str, Any]) -> str:
+    """The summary as a markdown table, a row per method."""
+    cats = [CATEGORIES[c] for c in (1, 2, 3, 4)]
+    lines = [f"# LoCoMo on {summary['data']} ({', '.join(summary['conversations'])})", "",
+             f"k={summary['k']}, consolidation "
+             f"{'after every %d session(s)' % summary['consolidate_every'] if summary['consolidate_every'] else 'never'}, "
+             f"limit {summary['limit'] or 'none'}, max {summary['max_new_tokens']} new tokens", "",
+             "| method | questions | F1 (1-4) | " + " | ".join(cats) + " | adversarial | recall@k | prompt tokens | p50 ms |",
+             "|---|---:|---:|" + "---:|" * (len(cats) + 4)]
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for method, r in summary["results"].items():
+        lines.append(f"| {method} | {r['questions']} | {fmt(r['f1'])} | " + " | ".join(fmt(r['by_category'][c]) for c in cats)
+                     + f" | {fmt(r['by_category']['adversarial'])} | {fmt(r['recall_at_k'])} | "
+                     f"{r['prompt_tokens'] or 0:.0f} | {r['latency_ms_p50'] or 0:.0f} |")
+    return "\n".join(lines) + "\n"

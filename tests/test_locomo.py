@@ -1,0 +1,190 @@
+"""The LoCoMo eval: the authors' scoring rules, the loader, a resumable run, the CLI, and a real slice."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from agent_memory import AgentMemory
+from agent_memory.config import BackboneConfig, MemoryConfig
+from agent_memory.consolidation import ConsolidationConfig, LoraSettings
+from agent_memory.errors import ValidationError
+from agent_memory.evals.locomo import (
+    evidence_recall, load_locomo, normalize_answer, parse_locomo_time, run_locomo, score, token_f1,
+)
+
+DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev5.json"
+FAST = ConsolidationConfig(lora=LoraSettings(rank=4, alpha=8, max_epochs=2), self_test_size=2, max_new_tokens=4,
+                           recall_floor=0.0)  # the tiny random model recalls nothing: trust its modules anyway
+
+
+def tiny_locomo(path: Path) -> Path:
+    """A two-speaker, three-session conversation in the locomo10.json schema, with one question per category."""
+    conversation = {
+        "speaker_a": "Maria", "speaker_b": "Joe",
+        "session_1_date_time": "1:56 pm on 8 May, 2023",
+        "session_1": [{"speaker": "Maria", "dia_id": "D1:1", "text": "I adopted a rescue dog named Biscuit."},
+                      {"speaker": "Joe", "dia_id": "D1:2", "text": "Congratulations on Biscuit!"}],
+        "session_2_date_time": "10:37 am on 27 June, 2023",
+        "session_2": [{"speaker": "Maria", "dia_id": "D2:1", "text": "I moved to Lisbon from Toronto.",
+                       "img_url": ["x"], "blip_caption": "a photo of a tram"},
+                      {"speaker": "Joe", "dia_id": "D2:2", "text": "Lisbon is lovely."}],
+        "session_3_date_time": "8:05 pm on 1 July, 2023",
+        "session_3": [{"speaker": "Maria", "dia_id": "D3:1", "text": "My sister Ana plays the cello."}],
+        "session_4_date_time": "9:00 am on 2 July, 2023",
+        "session_4": [],
+    }
+    qa = [
+        {"question": "What pets and instruments come up?", "answer": "dog, cello", "evidence": ["D1:1", "D3:1"], "category": 1},
+        {"question": "When did Maria adopt Biscuit?", "answer": "8 May 2023", "evidence": ["D1:1"], "category": 2},
+        {"question": "Would Maria enjoy trams?", "answer": "Likely yes; she moved to Lisbon", "evidence": ["D2:1"], "category": 3},
+        {"question": "Where did Maria move from?", "answer": "Toronto", "evidence": ["D2:1"], "category": 4},
+        {"question": "What is Joe's dog called?", "evidence": ["D1:1"], "category": 5, "adversarial_answer": "Biscuit"},
+    ]
+    path.write_text(json.dumps([{"sample_id": "conv-t1", "conversation": conversation, "qa": qa}]))
+    return path
+
+
+# -- scoring, as in snap-research/locomo task_eval/evaluation.py -------------------------------------
+def test_normalization_drops_commas_punctuation_articles_and_and():
+    assert normalize_answer("The cat, and a dog!") == "cat dog"
+    assert normalize_answer("  An   apple-pie. ") == "applepie"
+
+
+def test_token_f1_is_stemmed_and_order_free():
+    assert token_f1("7 May 2023", "7 May 2023") == 1.0
+    assert token_f1("running dogs", "the dog runs") == 1.0
+    assert token_f1("May 8, 2023", "7 May 2023") == pytest.approx(2 / 3)
+    assert token_f1("", "Toronto") == 0.0
+
+
+def test_category_rules():
+    gold = "Psychology, counseling certification"
+    assert score("adoption agencies, psychology", gold, 1) == pytest.approx(0.5), "per gold part, best prediction part"
+    assert score("psychology counseling certification", gold, 1) == pytest.approx((0.5 + 0.8) / 2)
+    assert score("likely yes", "Likely yes; she moved to Lisbon", 3) == 1.0, "category 3 gold ends at ';'"
+    assert score("That is not mentioned in the conversation.", "Biscuit", 5) == 1.0
+    assert score("No information available.", "", 5) == 1.0
+    assert score("Biscuit", "Biscuit", 5) == 0.0, "adversarial: answering is wrong"
+    assert score("Toronto", "Toronto", 4) == 1.0 and score("Lisbon", "Toronto", 2) == 0.0
+
+
+def test_evidence_recall():
+    assert evidence_recall(["D1:3", "D2:1", None], ["D1:3", "D5:5"]) == 0.5
+    assert evidence_recall([], []) is None
+
+
+# -- the loader -------------------------------------------------------------------------------------
+def test_dates_and_the_schema(tmp_path):
+    assert parse_locomo_time("1:56 pm on 8 May, 2023") == datetime(2023, 5, 8, 13, 56, tzinfo=timezone.utc)
+    assert parse_locomo_time("12:09 am on 13 September, 2023") == datetime(2023, 9, 13, 0, 9, tzinfo=timezone.utc)
+    conv = load_locomo(tiny_locomo(tmp_path / "t.json"))[0]
+    assert [s.number for s in conv.sessions] == [1, 2, 3], "a date without turns is no session"
+    assert conv.sessions[1].turns[0].text.endswith("[shares a photo: a photo of a tram]")
+    assert [q.category for q in conv.questions] == [1, 2, 3, 4, 5] and conv.questions[4].answer == "Biscuit"
+
+
+@pytest.mark.skipif(not DEV.is_file(), reason="../shared/data is not mounted")
+def test_the_dev_file_loads():
+    convs = load_locomo(DEV)
+    assert [c.sample_id for c in convs] == ["conv-26", "conv-41", "conv-43", "conv-47", "conv-49"]
+    assert sum(len(c.questions) for c in convs) == 1020
+    first = convs[0]
+    assert len(first.sessions) == 19 and sum(len(s.turns) for s in first.sessions) == 419
+    assert first.sessions[0].when == datetime(2023, 5, 8, 13, 56, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("breaks, field", [
+    (lambda d: d[0].pop("sample_id"), "[0].sample_id"),
+    (lambda d: d[0]["conversation"].__setitem__("session_2_date_time", "sometime in June"), "session_2_date_time"),
+    (lambda d: d[0]["qa"][1].__setitem__("category", 9), "qa[1].category"),
+    (lambda d: d[0]["qa"][3].pop("answer"), "qa[3].answer"),
+    (lambda d: d[0]["conversation"]["session_1"][0].pop("dia_id"), "session_1[0].dia_id"),
+])
+def test_a_broken_file_is_refused_naming_the_field_and_nothing_is_written(tmp_path, breaks, field):
+    data = json.loads(tiny_locomo(tmp_path / "t.json").read_text())
+    breaks(data)
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    with pytest.raises(ValidationError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        run_locomo(tmp_path / "t.json", tmp_path / "out", methods=["rag"], echo=lambda line: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments(tmp_path):
+    data = tiny_locomo(tmp_path / "t.json")
+    with pytest.raises(ValidationError, match="methods"):
+        run_locomo(data, tmp_path / "out", methods=["oracle"], echo=lambda line: None)
+    with pytest.raises(ValidationError, match="conversations"):
+        run_locomo(data, tmp_path / "out", conversations=["conv-99"], methods=["rag"], echo=lambda line: None)
+    with pytest.raises(ValidationError, match="not a file"):
+        run_locomo(tmp_path / "missing.json", tmp_path / "out", echo=lambda line: None)
+
+
+# -- a run ------------------------------------------------------------------------------------------
+def test_a_run_scores_every_method_consolidates_and_resumes(tmp_path, tiny_model_dir):
+    data, out = tiny_locomo(tmp_path / "t.json"), tmp_path / "out"
+    config = MemoryConfig(backbone=BackboneConfig(model=str(tiny_model_dir), dtype="float32"))
+    kwargs = dict(methods=["none", "rag", "adapter", "router"], consolidate_every=2, memory_config=config,
+                  consolidation=FAST, max_new_tokens=4, progress=False, echo=lambda line: None)
+    summary = run_locomo(data, out, **kwargs)
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 * 4 and {r["method"] for r in rows} == {"none", "rag", "adapter", "router"}
+    assert summary["ingestion"]["conv-t1"]["modules"] >= 2, "consolidated after session 2 and after the last"
+    assert summary["ingestion"]["conv-t1"]["absorbed"] == 5
+    by = {(r["method"], r["index"]): r for r in rows}
+    assert all(by[("none", i)]["route"] == "none" and by[("none", i)]["prompt_tokens"] < 40 for i in range(5))
+    assert all(by[("adapter", i)]["modules"] for i in range(5)), "every episode is absorbed: modules answer"
+    assert by[("rag", 3)]["recall_at_k"] == 1.0, "the Toronto turn is retrieved for 'where did Maria move from'"
+    assert all(r["score"] == score(r["prediction"], r["gold"], r["category"]) for r in rows)
+    results = summary["results"]
+    assert results["rag"]["questions"] == 5 and set(results["rag"]["by_category"]) >= {"multi-hop", "adversarial"}
+    assert "| rag | 5 |" in (out / "report.md").read_text() and (out / "f1_by_category.png").stat().st_size > 1000
+
+    # a killed run: the last answers are missing; a rerun redoes only those
+    lines = (out / "answers.jsonl").read_text().splitlines()
+    (out / "answers.jsonl").write_text("\n".join(lines[:-3]) + "\n")
+    again = run_locomo(data, out, **kwargs)
+    redone = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(redone) == 20 and [r["prediction"] for r in redone[-3:]] == [json.loads(x)["prediction"] for x in lines[-3:]]
+    scores = lambda results: {m: (r["f1"], r["by_category"], r["recall_at_k"], r["routes"]) for m, r in results.items()}  # noqa: E731
+    assert scores(again["results"]) == scores(summary["results"]), "the same figures; only timings differ"
+    before = (out / "answers.jsonl").read_text()
+    run_locomo(data, out, **kwargs)
+    assert (out / "answers.jsonl").read_text() == before, "nothing left to do"
+
+    # killed while ingesting: no marker, so the half-made home is emptied and ingested again, nothing twice
+    home = out / "homes" / "conv-t1"
+    (home / "ingested.json").unlink()
+    (out / "answers.jsonl").write_text("\n".join(before.splitlines()[:-1]) + "\n")
+    rebuilt = run_locomo(data, out, **kwargs)
+    assert rebuilt["ingestion"]["conv-t1"]["absorbed"] == 5 and (home / "ingested.json").is_file()
+    memory = AgentMemory.open(home, config=config)
+    assert len(memory.list("conv-t1")) == 5 and len({m.id for m in memory.registry.list("conv-t1")}) == \
+        rebuilt["ingestion"]["conv-t1"]["modules"], "the first ingestion's episodes and modules are gone"
+
+
+def test_cli(tmp_path, tiny_model_dir, cli_runner):
+    data, out = tiny_locomo(tmp_path / "t.json"), tmp_path / "out"
+    code, printed, err = cli_runner(tmp_path / "home")(
+        "eval", "locomo", "--data", str(data), "--methods", "rag", "--limit", "2", "--out", str(out),
+        "--backbone", str(tiny_model_dir), "--max-new-tokens", "4")
+    assert code == 0, err
+    assert "| rag | 2 |" in printed and (out / "summary.json").is_file()
+    code, _, err = cli_runner(tmp_path / "home")("eval", "locomo", "--data", str(data), "--methods", "psychic",
+                                                 "--out", str(tmp_path / "o2"))
+    assert code == 2 and err.startswith("error: methods")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEV.is_file(), reason="../shared/data is not mounted")
+def test_real_smollm2_on_a_slice_of_the_dev_file(tmp_path):
+    """CI's tiny slice: conv-26 ingested whole (19 sessions, 419 turns), two questions by RAG on SmolLM2."""
+    summary = run_locomo(DEV, tmp_path / "out", conversations=["conv-26"], methods=["rag"], limit=2,
+                         progress=False, echo=lambda line: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["route"] == "rag" and r["prediction"].strip() for r in rows)
+    assert rows[0]["recall_at_k"] == 1.0, "the support-group turn (D1:3) is retrieved"
+    assert summary["ingestion"]["conv-26"]["turns"] == 419
