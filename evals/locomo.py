@@ -249,6 +249,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         stages = sorted({s for r in mine for s in r["latency_ms"]})
         out[method] = {
             "questions": len(mine), "f1": _mean([r["score"] for r in answered]), "by_category": per_cat,
+            "f1_by_conversation": {sid: _mean([r["score"] for r in answered if r["sample_id"] == sid])
+                                   for sid in sorted({r["sample_id"] for r in answered})},
             "recall_at_k": _mean([r["recall_at_k"] for r in mine if r["recall_at_k"] is not None]),
             "prompt_tokens": _mean([r["prompt_tokens"] for r in mine]),
             "latency_ms_p50": totals[len(totals) // 2] if totals else None,

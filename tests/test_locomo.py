@@ -141,6 +141,7 @@ def test_a_run_scores_every_method_consolidates_and_resumes(tmp_path, tiny_model
     assert all(r["score"] == score(r["prediction"], r["gold"], r["category"]) for r in rows)
     results = summary["results"]
     assert results["rag"]["questions"] == 5 and set(results["rag"]["by_category"]) >= {"multi-hop", "adversarial"}
+    assert results["rag"]["f1_by_conversation"] == {"conv-t1": results["rag"]["f1"]}
     assert "| rag | 5 |" in (out / "report.md").read_text() and (out / "f1_by_category.png").stat().st_size > 1000
 
     # a killed run: the last answers are missing; a rerun redoes only those
