@@ -20,7 +20,6 @@ from agent_memory.config import require_positive_int
 from agent_memory.errors import AgentMemoryError, ConfigError
 from agent_memory.registry import AdapterRegistry, ModuleInfo
 from agent_memory.store import EpisodicStore
-from agent_memory.store.backend import Partition
 from agent_memory.types import Episode, Namespace
 
 from agent_memory.consolidation.synthesis import Synthesizer, TemplateSynthesizer, examples_per_episode
@@ -179,8 +178,8 @@ class Consolidator:
             )
             self.registry.commit(staged, info)
         marked = self.store.mark_absorbed(list(info.episode_ids), scope, info.id, versions=info.episode_versions)
-        unmarked = [i for i in info.episode_ids if i not in set(marked)]
-        if unmarked and len(self.store.backend.fetch(Partition(scope.user_id), unmarked)) < len(unmarked):
+        unmarked = sorted(set(info.episode_ids) - set(marked))
+        if unmarked and self.store.missing(unmarked, scope):
             # an episode was deleted while the module learned it: the module must not keep it
             self.registry.delete(info.id)
             self.store.mark_absorbed(marked, scope, None)

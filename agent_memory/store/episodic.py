@@ -185,6 +185,13 @@ class EpisodicStore:
         """One episode by id; NotFoundError if it is not in this namespace."""
         return _to_episode(self._fetch_current(episode_id, namespace))
 
+    def missing(self, episode_ids: Sequence[str], namespace: Namespace) -> list[str]:
+        """The ids among ``episode_ids`` that are not (or no longer) episodes of this namespace."""
+        self._conditions(namespace)
+        rows = self.backend.fetch(Partition(namespace.user_id), [_check_episode_id(i) for i in episode_ids])
+        present = {r.id for r in rows if namespace.contains(_namespace_of(r.metadata))}
+        return [i for i in episode_ids if i not in present]
+
     def find(self, episode_id: str) -> Episode:
         """Operator look-up of an episode by id in any namespace (the CLI's ``get``)."""
         _check_episode_id(episode_id)
