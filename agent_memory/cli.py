@@ -282,15 +282,27 @@ def bench_consolidation(
     loads: str = typer.Option("1K,2K,4K,8K", help="PhoneBook slices."),
     ranks: str = typer.Option("4,16,64", help="LoRA ranks."),
     max_epochs: int = typer.Option(40, help="Epoch cap per run (training stops early at 100% teacher-forced EM)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results to this JSON file."),
+    learning_rate: float = typer.Option(2e-3, "--lr", help="Peak learning rate."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here (after every run; a rerun "
+                                                                  "keeps the runs it holds that used the same settings)."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write recall vs load to this PNG."),
 ) -> None:
     """Module capacity and training speed on the seed paper's PhoneBook data."""
-    from agent_memory.consolidation.bench import plot, run_capacity
+    from agent_memory.consolidation import LoraSettings
+    from agent_memory.consolidation.bench import plot, run_capacity, save_json
 
-    results = run_capacity(data, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs, echo=typer.echo)
+    settings = LoraSettings(learning_rate=learning_rate, batch_size=batch_size)
+    previous = json.loads(json_out.read_text()) if json_out and json_out.is_file() else None
+
+    def save(results: dict) -> None:
+        if json_out:
+            save_json(json_out, results)
+
+    results = run_capacity(data, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs, echo=typer.echo,
+                           settings=settings, previous=previous, on_run=save)
+    save(results)
     if json_out:
-        json_out.write_text(json.dumps(results, indent=2))
         typer.echo(f"wrote {json_out}")
     if plot_out:
         plot(results, plot_out)
@@ -329,6 +341,29 @@ def eval_locomo(
                max_new_tokens=max_new_tokens, memory_config=config, consolidation=consolidation, echo=typer.echo)
     typer.echo((out / "report.md").read_text().rstrip())
     typer.echo(f"wrote {out / 'summary.json'}, {out / 'report.md'}, {out / 'f1_by_category.png'}, {out / 'answers.jsonl'}")
+
+
+@eval_app.command("paper")
+def eval_paper(
+    probe: str = typer.Option(..., "--probe", help="Which probe of the seed paper: capacity."),
+    data: Path = typer.Option(..., "--data", help="The lora_memory_paper folder (../shared/data/lora_memory_paper)."),
+    out: Path = typer.Option(Path("evals/results/paper"), "--out", help="Results folder; a rerun resumes."),
+    loads: str = typer.Option("1K,2K,4K,8K", help="capacity: PhoneBook slices."),
+    ranks: str = typer.Option("4,16,64", help="capacity: LoRA ranks."),
+    max_epochs: int = typer.Option(40, help="capacity: epoch cap per run."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: the embedded SmolLM2)."),
+) -> None:
+    """The seed paper's probes on its own data, each table beside the paper's finding."""
+    from agent_memory.config import BackboneConfig
+    from agent_memory.errors import ValidationError
+    from agent_memory.evals.paper import PROBES, run_capacity_probe
+
+    if probe not in PROBES:
+        raise ValidationError("--probe", f"{probe!r} is not built", f"use one of: {', '.join(PROBES)}")
+    run_capacity_probe(data, out, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs, echo=typer.echo,
+                       backbone_config=BackboneConfig(model=backbone) if backbone else None)
+    typer.echo((out / "capacity.md").read_text().rstrip())
+    typer.echo(f"wrote {out / 'capacity.json'}, {out / 'capacity.md'}, {out / 'capacity.png'}")
 
 
 # -- scheduled consolidation (issue 5) -------------------------------------------------------------------

@@ -98,8 +98,13 @@ class AgentMemory:
         backbone: Backbone | None = None,
         config: MemoryConfig | None = None,
         registry: AdapterRegistry | None = None,
+        *,
+        synthesizer: Any = None,
     ):
         self.store = store
+        self.synthesizer = synthesizer
+        """What writes consolidation's training QA: None for the offline templates, or e.g. a
+        ``ChatModelSynthesizer`` over a stronger LangChain chat model (used by scheduled runs too)."""
         self.config = config or MemoryConfig()
         self._backbone = backbone
         self.registry = registry or AdapterRegistry(Path(self.config.home) / "modules")
@@ -274,7 +279,8 @@ class AgentMemory:
             )
         try:
             with self._model_lock:  # training puts LoRA layers on the same model that answers
-                consolidator = Consolidator(self.store, self.backbone, self.registry, config, progress=progress)
+                consolidator = Consolidator(self.store, self.backbone, self.registry, config, self.synthesizer,
+                                            progress=progress)
                 return consolidator.run(as_namespace(namespace))
         finally:
             lock.release()

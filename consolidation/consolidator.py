@@ -107,6 +107,7 @@ class Consolidator:
         for e in self.store.pending(namespace, limit=limit):
             by_agent.setdefault(e.namespace.agent_id, []).append(e)
         for agent, episodes in sorted(by_agent.items()):
+            self.synthesizer.prepare(episodes)
             for chunk in self.plan(episodes):
                 info = self._consolidate(Namespace(namespace.user_id, agent), chunk)
                 result.modules.append(info)

@@ -188,7 +188,8 @@ def _consolidate_due(home, history, summary, consolidation, open_memory, min_pen
             break
         run_id = history.start(summary.pass_id, str(scope), summary.trigger, pending)
         try:
-            result = Consolidator(memory.store, memory.backbone, memory.registry, consolidation).run(scope, limit=max_per_run)
+            result = Consolidator(memory.store, memory.backbone, memory.registry, consolidation,
+                                  memory.synthesizer).run(scope, limit=max_per_run)
         except Exception as exc:
             log.exception("consolidating %s failed", scope)
             history.finish(run_id, "failed", error=_describe(exc))

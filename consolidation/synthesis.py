@@ -27,7 +27,7 @@ from agent_memory.consolidation.trainer import QAExample
 from agent_memory.types import Episode
 
 NOT_DISCUSSED = "That was never discussed."
-_STOP = set(
+STOP_WORDS = set(
     """a an the and or but if so of to in on at for with from by as is are was were be been am i me my we our you your
     he she it they them his her its their this that these those there here what which who whom when where why how
     just really very also too not no yes do does did have has had will would can could should about into over after
@@ -39,6 +39,9 @@ _NEGATIVE_TOPICS = ["Zanzibar", "a saxophone", "Oskar", "the lottery", "Reykjavi
 
 class Synthesizer(Protocol):
     """Turns episodes into training QA (and held-out probes for the self-test)."""
+
+    def prepare(self, episodes: Sequence[Episode]) -> None:
+        """Called once with all the episodes a run will consolidate, before any ``synthesize`` (batch work goes here)."""
 
     def synthesize(self, episodes: Sequence[Episode]) -> list[QAExample]: ...
 
@@ -55,11 +58,11 @@ def keywords(text: str, limit: int = 3) -> list[str]:
     words = re.findall(r"[A-Za-z][A-Za-z'-]*|\d[\d:./-]*", text)
     found: list[str] = []
     for n, w in enumerate(words):
-        proper = w[0].isupper() and n > 0 and w.lower() not in _STOP
+        proper = w[0].isupper() and n > 0 and w.lower() not in STOP_WORDS
         if (proper or w[0].isdigit()) and w not in found:
             found.append(w)
     if not found:
-        found = [w for w in dict.fromkeys(x.lower() for x in words) if w not in _STOP and len(w) > 2]
+        found = [w for w in dict.fromkeys(x.lower() for x in words) if w not in STOP_WORDS and len(w) > 2]
     return found[:limit]
 
 
@@ -73,6 +76,9 @@ class TemplateSynthesizer:
     """Longest per-day summary answer, in words."""
     seed: int = 0
     """Seed for picking negatives."""
+
+    def prepare(self, episodes: Sequence[Episode]) -> None:
+        """Templates need no preparation."""
 
     def synthesize(self, episodes: Sequence[Episode]) -> list[QAExample]:
         out: list[QAExample] = []

@@ -39,8 +39,47 @@ def test_benchmark_reports_recall_speed_and_the_naive_baseline(slice_dir, tiny_m
     for run in results["runs"]:
         assert 0.0 <= run["exact_match"] <= 1.0 and run["tokens_per_second"] > 0 and run["facts"] == 2
         assert run["tokens_per_param"] == pytest.approx(run["slice_tokens"] / run["params"])
-    assert results["naive_fp32_tokens_per_second"] > 0 and results["speedup_vs_naive"] > 0
-    assert lines[-1].startswith("naive fp32 loop")
+    baseline = results["baseline"]
+    assert baseline["naive_fp32_tokens_per_second"] > 0 and baseline["tokens_per_second"] > 0
+    assert baseline["speedup_vs_naive"] == pytest.approx(baseline["tokens_per_second"] / baseline["naive_fp32_tokens_per_second"], rel=0.01)
+    assert lines[-1].startswith("same slice, r=16, back to back: naive fp32 loop")
+    ceiling = results["ceiling"]
+    assert ceiling["tokens_per_second"] > 0 and ceiling["matmul_gflops"] > 0
+    assert ceiling["flops_per_token"] == 2 * 4 * (32 * 32 * 2 + 2 * 16 * 32 + 3 * 32 * 64), "4 x linear params of 2 layers"
+    assert results["machine"]["cores"] >= 1 and results["settings"]["max_epochs"] == 2
     out = tmp_path / "plot.png"
     plot(results, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_benchmark_keeps_runs_made_with_the_same_settings(slice_dir, tiny_model_dir):
+    config = BackboneConfig(model=str(tiny_model_dir), dtype="float32")
+    saved: list[dict] = []
+    first = run_capacity(slice_dir, ["1K"], [2], max_epochs=2, echo=lambda _: None, backbone_config=config,
+                         on_run=lambda r: saved.append(json.loads(json.dumps(r))))
+    assert saved and saved[-1]["runs"] == first["runs"], "results are handed out after each run"
+    lines: list[str] = []
+    again = run_capacity(slice_dir, ["1K"], [2, 4], max_epochs=2, echo=lines.append, backbone_config=config,
+                         previous=first)
+    assert again["runs"][0] == first["runs"][0] and "[1K r=2] kept from the previous results" in lines
+    assert [r["rank"] for r in again["runs"]] == [2, 4]
+    other = run_capacity(slice_dir, ["1K"], [2], max_epochs=3, echo=lines.append, backbone_config=config, previous=first)
+    assert other["runs"][0]["epochs"] <= 3 and "kept" not in lines[-2], "other settings: rerun"
+
+
+def test_paper_capacity_probe_writes_a_report_beside_the_paper_and_resumes(slice_dir, tiny_model_dir, tmp_path, cli_runner):
+    run = cli_runner(tmp_path / "home")
+    out = tmp_path / "paper"
+    args = ("eval", "paper", "--probe", "capacity", "--data", str(slice_dir), "--out", str(out), "--loads", "1K",
+            "--ranks", "2", "--max-epochs", "2", "--backbone", str(tiny_model_dir))
+    code, printed, err = run(*args)
+    assert code == 0, err
+    results = json.loads((out / "capacity.json").read_text())
+    assert [(r["load"], r["rank"]) for r in results["runs"]] == [("1K", 2)]
+    report = (out / "capacity.md").read_text()
+    assert "| 1K | 2 | 2 |" in report and "Paper (Llama-3.1-8B, PhoneBook)" in report and report.rstrip() in printed
+    assert (out / "capacity.png").read_bytes()[:4] == b"\x89PNG"
+    code, printed, err = run(*args)
+    assert code == 0 and "[1K r=2] kept from the previous results" in printed
+    code, _, err = run("eval", "paper", "--probe", "merge", "--data", str(slice_dir), "--out", str(out))
+    assert code == 2 and err.startswith("error: --probe: 'merge' is not built; use one of: capacity")

@@ -271,3 +271,30 @@ def test_manual_consolidation_refuses_while_the_home_is_locked(tmp_path, embedde
             memory.consolidate("maria", FAST)
     assert memory.registry.list("maria") == [] and len(memory.store.pending(Namespace("maria"))) == 1
     assert memory.consolidate("maria", FAST).episodes_absorbed == 1, "free again: the run goes through"
+
+
+def test_bf16_backbone_trains_bf16_factors_with_fp32_masters_and_eager_attention(tiny_model_dir):
+    from agent_memory.consolidation import QAExample, train_lora
+
+    backbone = Backbone.load(BackboneConfig(model=str(tiny_model_dir), dtype="bfloat16"))
+    before = backbone.model.config._attn_implementation
+    during: list[tuple[str, set]] = []
+
+    def look(epoch, loss, accuracy):
+        dtypes = {p.dtype for n, p in backbone.model.named_parameters() if "lora_" in n}
+        during.append((backbone.model.config._attn_implementation, dtypes))
+
+    examples = [QAExample("where did maria move", "lisbon"), QAExample("what is the dog name", "maria")]
+    settings = LoraSettings(rank=4, alpha=8, max_epochs=20, learning_rate=0.01, stop_at_accuracy=1.0)
+    model, report = train_lora(backbone, examples, settings, "default", on_epoch=look)
+    import torch
+
+    expected = "eager" if before == "sdpa" else before
+    assert during[0] == (expected, {torch.bfloat16}), "factors compute in the backbone's dtype while training"
+    lora = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert {p.dtype for p in lora.values()} == {torch.float32}, "trained factors handed back in fp32"
+    assert all(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n), "the masters' updates reached the model"
+    assert report.history[-1]["loss"] < report.history[0]["loss"]
+    assert backbone.model.config._attn_implementation == before, "attention restored after training"
+    assert next(p for n, p in model.named_parameters() if "lora_" not in n).dtype == torch.bfloat16
+    backbone.model = model.unload()
