@@ -290,18 +290,11 @@ def bench_consolidation(
 ) -> None:
     """Module capacity and training speed on the seed paper's PhoneBook data."""
     from agent_memory.consolidation import LoraSettings
-    from agent_memory.consolidation.bench import plot, run_capacity, save_json
+    from agent_memory.consolidation.bench import plot, run_capacity_saved
 
     settings = LoraSettings(learning_rate=learning_rate, batch_size=batch_size)
-    previous = json.loads(json_out.read_text()) if json_out and json_out.is_file() else None
-
-    def save(results: dict) -> None:
-        if json_out:
-            save_json(json_out, results)
-
-    results = run_capacity(data, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs, echo=typer.echo,
-                           settings=settings, previous=previous, on_run=save)
-    save(results)
+    results = run_capacity_saved(json_out, data, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs,
+                                 echo=typer.echo, settings=settings)
     if json_out:
         typer.echo(f"wrote {json_out}")
     if plot_out:

@@ -187,6 +187,15 @@ def run_capacity(
     return results
 
 
+def run_capacity_saved(path: Path | None, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``run_capacity`` that keeps ``path``'s finished runs and rewrites it after every run (no path: neither)."""
+    previous = json.loads(path.read_text()) if path and path.is_file() else None
+    results = run_capacity(*args, previous=previous, on_run=(lambda r: save_json(path, r)) if path else None, **kwargs)
+    if path:
+        save_json(path, results)
+    return results
+
+
 def save_json(path: Path, value: Any) -> None:
     """Replace ``path`` atomically: a killed writer leaves the previous file, never half of one."""
     tmp = path.with_name(f".{path.name}.tmp")

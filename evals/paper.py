@@ -11,11 +11,10 @@ Back et al., "Understanding LoRA as Knowledge Memory" (ICML 2026); data in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
-from agent_memory.consolidation.bench import plot, run_capacity, save_json
+from agent_memory.consolidation.bench import plot, run_capacity_saved
 
 PROBES = ("capacity",)
 
@@ -37,11 +36,7 @@ def run_capacity_probe(
     """Run (or resume) the capacity grid into ``out``; returns the results."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "capacity.json"
-    previous = json.loads(path.read_text()) if path.is_file() else None
-    results = run_capacity(data_dir, loads, ranks, max_epochs, echo=echo, previous=previous,
-                           on_run=lambda r: save_json(path, r), **kwargs)
-    save_json(path, results)
+    results = run_capacity_saved(out / "capacity.json", data_dir, loads, ranks, max_epochs, echo=echo, **kwargs)
     plot(results, out / "capacity.png")
     (out / "capacity.md").write_text(capacity_report(results))
     return results
