@@ -282,7 +282,7 @@ def bench_consolidation(
     loads: str = typer.Option("1K,2K,4K,8K", help="PhoneBook slices."),
     ranks: str = typer.Option("4,16,64", help="LoRA ranks."),
     max_epochs: int = typer.Option(40, help="Epoch cap per run (training stops early at 100% teacher-forced EM)."),
-    learning_rate: float = typer.Option(2e-3, "--lr", help="Peak learning rate."),
+    learning_rate: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 2e-3, x16/r above r=16)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here (after every run; a rerun "
                                                                   "keeps the runs it holds that used the same settings)."),
@@ -338,25 +338,43 @@ def eval_locomo(
 
 @eval_app.command("paper")
 def eval_paper(
-    probe: str = typer.Option(..., "--probe", help="Which probe of the seed paper: capacity."),
+    probe: str = typer.Option(..., "--probe", help="Which probe of the seed paper: capacity, internalization."),
     data: Path = typer.Option(..., "--data", help="The lora_memory_paper folder (../shared/data/lora_memory_paper)."),
     out: Path = typer.Option(Path("evals/results/paper"), "--out", help="Results folder; a rerun resumes."),
     loads: str = typer.Option("1K,2K,4K,8K", help="capacity: PhoneBook slices."),
     ranks: str = typer.Option("4,16,64", help="capacity: LoRA ranks."),
-    max_epochs: int = typer.Option(40, help="capacity: epoch cap per run."),
+    papers: Optional[str] = typer.Option(None, "--papers", help="internalization: paperQA.json indexes (default: all 15)."),
+    methods: str = typer.Option("none,context,raw,qa,distill", "--methods", help="internalization: which methods."),
+    max_epochs: Optional[int] = typer.Option(None, help="Epoch cap per module (capacity 40, internalization 12)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: the embedded SmolLM2)."),
 ) -> None:
     """The seed paper's probes on its own data, each table beside the paper's finding."""
     from agent_memory.config import BackboneConfig
+    from agent_memory.consolidation import LoraSettings
     from agent_memory.errors import ValidationError
     from agent_memory.evals.paper import PROBES, run_capacity_probe
+    from agent_memory.evals.internalization import run_internalization_probe
 
     if probe not in PROBES:
         raise ValidationError("--probe", f"{probe!r} is not built", f"use one of: {', '.join(PROBES)}")
-    run_capacity_probe(data, out, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs, echo=typer.echo,
-                       backbone_config=BackboneConfig(model=backbone) if backbone else None)
-    typer.echo((out / "capacity.md").read_text().rstrip())
-    typer.echo(f"wrote {out / 'capacity.json'}, {out / 'capacity.md'}, {out / 'capacity.png'}")
+    backbone_config = BackboneConfig(model=backbone) if backbone else None
+    if probe == "capacity":
+        run_capacity_probe(data, out, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs or 40,
+                           echo=typer.echo, backbone_config=backbone_config)
+    else:
+        chosen = [_index("--papers", p) for p in papers.split(",")] if papers else None
+        run_internalization_probe(data, out, chosen, [m for m in methods.split(",") if m], echo=typer.echo,
+                                  settings=LoraSettings(max_epochs=max_epochs or 12), backbone_config=backbone_config)
+    typer.echo((out / f"{probe}.md").read_text().rstrip())
+    typer.echo("wrote " + ", ".join(str(out / f"{probe}.{ext}") for ext in ("json", "md", "png")))
+
+
+def _index(option: str, text: str) -> int:
+    from agent_memory.errors import ValidationError
+
+    if not text.strip().isdigit():
+        raise ValidationError(option, f"{text!r} is not an index", "pass comma-separated integers like 0,1,2")
+    return int(text)
 
 
 # -- scheduled consolidation (issue 5) -------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Consolidation: distill episodic memory into self-tested LoRA modules."""
 
 from agent_memory.consolidation.consolidator import ConsolidationConfig, ConsolidationResult, Consolidator
+from agent_memory.consolidation.distill import DistillingSynthesizer
 from agent_memory.consolidation.fanout import HomeLock, PassSummary, run_pass
 from agent_memory.consolidation.history import RunHistory, RunRecord
 from agent_memory.consolidation.scheduler import ConsolidationScheduler, ScheduleConfig, run_scheduled
@@ -12,6 +13,7 @@ __all__ = [
     "ConsolidationResult",
     "ConsolidationScheduler",
     "Consolidator",
+    "DistillingSynthesizer",
     "HomeLock",
     "LoraSettings",
     "PassSummary",

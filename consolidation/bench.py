@@ -162,6 +162,7 @@ def run_capacity(
                 backbone.model = peft_model.unload()
             run = {
                 "load": load, "facts": len(train), "slice_tokens": slice_tokens, "rank": rank,
+                "learning_rate": settings.peak_learning_rate,
                 "params": report.trainable_params, "exact_match": round(em, 4), "epochs": report.epochs,
                 "seconds": round(report.seconds, 1), "train_tokens": report.train_tokens,
                 "tokens_per_second": round(report.tokens_per_second, 1),

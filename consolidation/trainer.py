@@ -13,6 +13,12 @@ What makes it fast and effective on a CPU (each measured in ``bench consolidatio
   ~30 ms per layer for a 48 x 40-token batch, more than the layer's matmuls;
 * early stop once every example's answer is reproduced token for token under teacher
   forcing, which is exactly when greedy decoding reproduces it.
+
+Two more kinds of example: one with an empty question is raw text (next-token loss on all
+of it, the seed paper's weak baseline), and one with a ``context`` is distilled: the loss
+on its answer is the cross-entropy to the backbone's own next-token distribution (top-k)
+when the context is in its prompt (context distillation, Caccia et al. 2025), so the module
+learns to answer without the context what the backbone answers with it.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ class QAExample:
     answer: str
     episode_id: str | None = None
     kind: str = "qa"
+    context: str | None = None
+    """Text the teacher reads before the question when the example is distilled (``None``: plain answer loss)."""
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,9 @@ class LoraSettings:
     """LoRA rank r."""
     alpha: int = 32
     """LoRA alpha; the update is scaled by alpha / r. alpha = 2r with lr 2e-3 worked on SmolLM2 (DESIGN.md)."""
-    learning_rate: float = 2e-3
-    """Peak AdamW learning rate (5-step warm-up, then linear decay to 10% over max_epochs)."""
+    learning_rate: float | None = None
+    """Peak AdamW learning rate (5-step warm-up, then linear decay to 10% over max_epochs); ``None``: 2e-3 up to
+    r=16, scaled by 16/r above (at alpha = 2r, r=64 at 2e-3 never fit PhoneBook 2K; at 5e-4 it did)."""
     max_epochs: int = 30
     """Upper bound on passes over the examples; training usually stops earlier."""
     batch_size: int = 8
@@ -59,10 +68,15 @@ class LoraSettings:
     seed: int = 0
     """Seed for initialisation and batch order."""
 
+    @property
+    def peak_learning_rate(self) -> float:
+        """The learning rate training uses: the one given, else 2e-3 * min(1, 16 / rank)."""
+        return self.learning_rate if self.learning_rate is not None else 2e-3 * min(1.0, 16 / self.rank)
+
     def __post_init__(self) -> None:
         require_positive_int(self, "rank", "alpha", "max_epochs", "batch_size")
-        if not (isinstance(self.learning_rate, float) and 0 < self.learning_rate < 1):
-            raise ConfigError("learning_rate", f"{self.learning_rate!r} is out of range", "use a float in (0, 1)")
+        if self.learning_rate is not None and not (isinstance(self.learning_rate, float) and 0 < self.learning_rate < 1):
+            raise ConfigError("learning_rate", f"{self.learning_rate!r} is out of range", "use a float in (0, 1) or None")
         if not 0 < self.stop_at_accuracy <= 1:
             raise ConfigError("stop_at_accuracy", f"{self.stop_at_accuracy!r} is out of range", "use (0, 1]")
 
@@ -97,13 +111,56 @@ def lora_config(settings: LoraSettings):
 
 
 def encode_examples(backbone, examples: Sequence[QAExample]) -> list[tuple[list[int], list[int]]]:
-    """(input ids, labels) per example: the short QA prompt, then the answer and EOS; loss on the answer only."""
+    """(input ids, labels) per example: the short QA prompt, then the answer and EOS; loss on the answer only.
+
+    An example with an empty question is raw text: no prompt, loss on every token after the first.
+    """
     tok = backbone.tokenizer
     out = []
     for ex in examples:
-        prompt = tok(backbone.qa_prompt(ex.question), add_special_tokens=False)["input_ids"]
         answer = tok(ex.answer + backbone.end_of_answer, add_special_tokens=False)["input_ids"]
+        if not ex.question:
+            out.append((answer, [-100] + answer[1:]))
+            continue
+        prompt = tok(backbone.qa_prompt(ex.question), add_special_tokens=False)["input_ids"]
         out.append((prompt + answer, [-100] * len(prompt) + answer))
+    return out
+
+
+TEACHER_TOP_K = 32
+"""How many of the teacher's most likely next tokens a distilled answer token is trained towards."""
+
+
+def teacher_prompt(backbone, context: str, question: str) -> str:
+    """The prompt the teacher reads: the context, then the question (the student sees only the question)."""
+    return backbone.qa_prompt(f"{context}\n\n{question}")
+
+
+def teacher_targets(backbone, examples: Sequence[QAExample], batch_size: int = 8) -> list[tuple[Any, Any] | None]:
+    """Per example with a context: (top-k token ids, their renormalized probabilities) at each answer token,
+    from the backbone (no adapter) reading the context; ``None`` for examples without one."""
+    import torch
+
+    tok = backbone.tokenizer
+    rows: dict[int, tuple[list[int], int]] = {}
+    for n, ex in enumerate(examples):
+        if ex.context:
+            prompt = tok(teacher_prompt(backbone, ex.context, ex.question), add_special_tokens=False)["input_ids"]
+            answer = tok(ex.answer + backbone.end_of_answer, add_special_tokens=False)["input_ids"]
+            rows[n] = (prompt + answer, len(answer))
+    out: list[tuple[Any, Any] | None] = [None] * len(examples)
+    order = sorted(rows, key=lambda n: len(rows[n][0]))
+    decoder, head = backbone.model.get_decoder(), backbone.model.get_output_embeddings()
+    k = min(TEACHER_TOP_K, head.weight.shape[0])
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            ids, _, mask = _pad([(rows[n][0], rows[n][0]) for n in batch], backbone.tokenizer.pad_token_id, backbone.device)
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            for row, n in enumerate(batch):
+                length, answer = len(rows[n][0]), rows[n][1]
+                top = head(hidden[row, length - answer - 1 : length - 1]).float().topk(k, dim=-1)
+                out[n] = (top.indices.cpu(), torch.softmax(top.values, dim=-1).cpu())
     return out
 
 
@@ -136,14 +193,15 @@ def train_lora(
         raise ConfigError("examples", "no training examples", "pass at least one QAExample")
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
+    encoded = encode_examples(backbone, examples)
+    soft = _soft_targets(encoded, teacher_targets(backbone, examples)) if any(e.context for e in examples) else None
     # adapters in the backbone's dtype (peft would otherwise up-cast them to fp32)
     model = get_peft_model(backbone.model, lora_config(settings), adapter_name=adapter_name, autocast_adapter_dtype=False)
     try:
         model.train()
         weights = _MasterWeights([p for p in model.parameters() if p.requires_grad])
         report = TrainReport(trainable_params=weights.numel)
-        optimizer = torch.optim.AdamW(weights.masters, lr=settings.learning_rate, weight_decay=0.0)
-        encoded = encode_examples(backbone, examples)
+        optimizer = torch.optim.AdamW(weights.masters, lr=settings.peak_learning_rate, weight_decay=0.0)
         lm = model.get_base_model()
         decoder, head = lm.get_decoder(), lm.get_output_embeddings()
         pad = backbone.tokenizer.pad_token_id
@@ -156,8 +214,9 @@ def train_lora(
                 losses, exact = [], 0
                 for batch in bucketed_batches([len(e[0]) for e in encoded], settings.batch_size, rng):
                     ids, labels, mask = _pad([encoded[i] for i in batch], pad, backbone.device)
-                    lr = settings.learning_rate * _schedule(report.steps, warmup, total_steps)
-                    loss, correct = _step(decoder, head, (ids, mask, labels), weights, optimizer, lr)
+                    targets = _batch_targets(soft, batch, backbone.device) if soft else None
+                    lr = settings.peak_learning_rate * _schedule(report.steps, warmup, total_steps)
+                    loss, correct = _step(decoder, head, (ids, mask, labels, targets), weights, optimizer, lr)
                     report.steps += 1
                     report.train_tokens += int(mask.sum())
                     losses.append(loss)
@@ -236,8 +295,8 @@ def _step(decoder, head, batch, weights: "_MasterWeights", optimizer, lr: float)
 
     for group in optimizer.param_groups:
         group["lr"] = lr
-    ids, mask, labels = batch
-    loss, correct = _answer_loss(decoder, head, ids, mask, labels)
+    ids, mask, labels, targets = batch
+    loss, correct = _answer_loss(decoder, head, ids, mask, labels, targets)
     loss.backward()
     weights.gradients_to_masters()
     torch.nn.utils.clip_grad_norm_(weights.masters, 1.0)
@@ -254,10 +313,35 @@ def _schedule(step: int, warmup: int, total: int) -> float:
     return max(0.1, 1.0 - 0.9 * (step - warmup) / max(1, total - warmup))
 
 
-def _answer_loss(decoder, head, ids, mask, labels):
+def _soft_targets(encoded, teacher: list) -> list[tuple[Any, Any]]:
+    """Per example, (token ids, probabilities) [answer tokens, k]: the teacher's where it has one, else one-hot gold."""
+    import torch
+
+    k = next(t[0].shape[1] for t in teacher if t is not None)
+    out = []
+    for (_, labels), t in zip(encoded, teacher):
+        if t is None:
+            gold = torch.tensor([x for x in labels[1:] if x != -100])
+            probs = torch.zeros(len(gold), k)
+            probs[:, 0] = 1.0
+            t = (gold[:, None].expand(-1, k).contiguous(), probs)
+        out.append(t)
+    return out
+
+
+def _batch_targets(soft, batch: list[int], device):
+    """A batch's soft targets in the order its answer tokens are gathered (row by row)."""
+    import torch
+
+    return torch.cat([soft[i][0] for i in batch]).to(device), torch.cat([soft[i][1] for i in batch]).to(device)
+
+
+def _answer_loss(decoder, head, ids, mask, labels, targets=None):
     """Cross-entropy on answer tokens only, with the LM head applied only there.
 
-    Returns the mean loss and, per example, whether every answer token is the argmax.
+    ``targets`` (token ids, probabilities), one row per answer token, replace the one-hot gold
+    tokens with soft ones (distillation). Returns the mean loss and, per example, whether
+    every answer token is the argmax.
     """
     import torch
     import torch.nn.functional as F
@@ -267,7 +351,11 @@ def _answer_loss(decoder, head, ids, mask, labels):
     where = target != -100
     logits = head(hidden[where]).float()
     gold = target[where]
-    loss = F.cross_entropy(logits, gold)
+    if targets is None:
+        loss = F.cross_entropy(logits, gold)
+    else:
+        ids_k, probs = targets
+        loss = -(probs * F.log_softmax(logits, dim=-1).gather(1, ids_k)).sum(1).mean()
     with torch.no_grad():
         wrong = torch.zeros_like(target, dtype=torch.bool)
         wrong[where] = logits.argmax(-1) != gold

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from agent_memory.errors import ValidationError
+from agent_memory.evals.jsonl import append_row, read_rows
 
 METHODS = ("none", "icl", "rag", "adapter", "router")
 ROUTE_OF = {"none": "none", "icl": "icl", "rag": "rag", "adapter": "adapter", "router": None}
@@ -288,7 +289,7 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     answers = out / "answers.jsonl"
-    rows = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()] if answers.exists() else []
+    rows = read_rows(answers)
     done = {(r["sample_id"], r["method"], r["index"]) for r in rows}
     ingestion: dict[str, Any] = {}
     for conv in convs:
@@ -307,12 +308,10 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
         if not todo:
             continue
         memory = AgentMemory.open(home, config=memory_config)
-        with answers.open("a", encoding="utf-8") as sink:
-            for q, method in tqdm(todo, desc=conv.sample_id, disable=not progress):
-                row = answer_row(memory, conv, q, method, k, max_new_tokens)
-                sink.write(json.dumps(row) + "\n")
-                sink.flush()
-                rows.append(row)
+        for q, method in tqdm(todo, desc=conv.sample_id, disable=not progress):
+            row = answer_row(memory, conv, q, method, k, max_new_tokens)
+            append_row(answers, row)
+            rows.append(row)
     wanted = {(c.sample_id, q.index) for c in convs for q in (c.questions[:limit] if limit else c.questions)}
     rows = [r for r in rows if (r["sample_id"], r["index"]) in wanted and r["method"] in methods]
     summary = {

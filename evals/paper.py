@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from agent_memory.consolidation.bench import plot, run_capacity_saved
 
-PROBES = ("capacity",)
+PROBES = ("capacity", "internalization")
 
 PAPER_CAPACITY = (
     "Paper (Llama-3.1-8B, PhoneBook): recall holds, then collapses once the load passes what the rank can "
@@ -48,11 +48,12 @@ def capacity_report(results: dict[str, Any]) -> str:
     lines = [
         f"# Capacity probe: {results['backbone']} ({results['dtype']}), {results['machine'].get('cpu', '')}",
         "",
-        "| load | facts | rank | LoRA params | exact match | epochs | train s | train tok/s | tokens/param |",
-        "|------|------:|-----:|------------:|------------:|-------:|--------:|------------:|-------------:|",
+        "| load | facts | rank | lr | LoRA params | exact match | epochs | train s | train tok/s | tokens/param |",
+        "|------|------:|-----:|---:|------------:|------------:|-------:|--------:|------------:|-------------:|",
     ]
     for r in runs:
-        lines.append(f"| {r['load']} | {r['facts']} | {r['rank']} | {r['params'] / 1e6:.2f}M | {r['exact_match']:.3f} | "
+        lr = f"{r['learning_rate']:.0e}" if r.get("learning_rate") else "-"
+        lines.append(f"| {r['load']} | {r['facts']} | {r['rank']} | {lr} | {r['params'] / 1e6:.2f}M | {r['exact_match']:.3f} | "
                      f"{r['epochs']} | {r['seconds']:.0f} | {r['tokens_per_second']:.0f} | {r['tokens_per_param']:.2e} |")
     lines += ["", "Best tokens/parameter at >= 95% exact match, per rank (largest load that held):", ""]
     for rank in sorted({r["rank"] for r in runs}):
