@@ -358,13 +358,14 @@ def eval_paper(
     if probe not in PROBES:
         raise ValidationError("--probe", f"{probe!r} is not built", f"use one of: {', '.join(PROBES)}")
     backbone_config = BackboneConfig(model=backbone) if backbone else None
+    epochs = max_epochs if max_epochs is not None else {"capacity": 40, "internalization": 12}[probe]
     if probe == "capacity":
-        run_capacity_probe(data, out, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs or 40,
+        run_capacity_probe(data, out, loads.split(","), [int(r) for r in ranks.split(",")], epochs,
                            echo=typer.echo, backbone_config=backbone_config)
     else:
         chosen = [_index("--papers", p) for p in papers.split(",")] if papers else None
         run_internalization_probe(data, out, chosen, [m for m in methods.split(",") if m], echo=typer.echo,
-                                  settings=LoraSettings(max_epochs=max_epochs or 12), backbone_config=backbone_config)
+                                  settings=LoraSettings(max_epochs=epochs), backbone_config=backbone_config)
     typer.echo((out / f"{probe}.md").read_text().rstrip())
     typer.echo("wrote " + ", ".join(str(out / f"{probe}.{ext}") for ext in ("json", "md", "png")))
 

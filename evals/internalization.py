@@ -252,7 +252,8 @@ def internalization_report(summary: dict[str, Any]) -> str:
         lv = [v["by_level"].get(str(n), {}).get("f1") for n in (1, 2, 3)]
         d = v.get("f1_vs_none")
         vs = f"{d['mean']:+.3f} +- {d['ci95']:.3f}" if d else "-"
-        lines.append(f"| {m} | {v['f1']:.3f} | {vs} | {v['rouge_l']:.3f} | " + " | ".join("-" if x is None else f"{x:.3f}" for x in lv)
+        levels = " | ".join("-" if x is None else f"{x:.3f}" for x in lv)
+        lines.append(f"| {m} | {v['f1']:.3f} | {vs} | {v['rouge_l']:.3f} | {levels}"
                      + f" | {'-' if v['examples'] is None else round(v['examples'])} | "
                      f"{'-' if v['train_seconds'] is None else round(v['train_seconds'])} |")
     papers = summary["papers"]

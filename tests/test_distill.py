@@ -56,7 +56,8 @@ def test_distilled_student_matches_without_the_context_what_the_teacher_predicts
 
     with torch.no_grad():  # a random model is nearly uniform: sharpen it so the teacher has something to teach
         tiny.model.get_output_embeddings().weight.mul_(30)
-    cases = [("where did maria move", "lisbon", "maria moved to lisbon"), ("what is the dog name", "maria", "the dog name is maria")]
+    cases = [("where did maria move", "lisbon", "maria moved to lisbon"),
+             ("what is the dog name", "maria", "the dog name is maria")]
 
     teacher = [_answer_logprobs(tiny, teacher_prompt(tiny, c, q), a) for q, a, c in cases]  # the base, reading c
 
