@@ -281,9 +281,11 @@ def bench_consolidation(
     data: Path = typer.Option(..., "--data", help="The lora_memory_paper folder (../shared/data/lora_memory_paper)."),
     loads: str = typer.Option("1K,2K,4K,8K", help="PhoneBook slices."),
     ranks: str = typer.Option("4,16,64", help="LoRA ranks."),
-    max_epochs: int = typer.Option(40, help="Epoch cap per run (training stops early at 100% teacher-forced EM)."),
+    max_epochs: int = typer.Option(40, help="Epoch cap per run (training stops early, see --stop-at)."),
     learning_rate: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (default 2e-3, x16/r above r=16)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
+    stop_at: float = typer.Option(1.0, "--stop-at", help="Stop once this share of the slice is reproduced under "
+                                                         "teacher forcing (the eval questions are scored after)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here (after every run; a rerun "
                                                                   "keeps the runs it holds that used the same settings)."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write recall vs load to this PNG."),
@@ -292,7 +294,7 @@ def bench_consolidation(
     from agent_memory.consolidation import LoraSettings
     from agent_memory.consolidation.bench import plot, run_capacity_saved
 
-    settings = LoraSettings(learning_rate=learning_rate, batch_size=batch_size)
+    settings = LoraSettings(learning_rate=learning_rate, batch_size=batch_size, stop_at_accuracy=stop_at)
     results = run_capacity_saved(json_out, data, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs,
                                  echo=typer.echo, settings=settings)
     if json_out:
@@ -336,36 +338,61 @@ def eval_locomo(
     typer.echo(f"wrote {out / 'summary.json'}, {out / 'report.md'}, {out / 'f1_by_category.png'}, {out / 'answers.jsonl'}")
 
 
+@eval_app.command("calibrate")
+def eval_calibrate(
+    data: Path = typer.Option(..., "--data", help="The LoCoMo JSON the run answered (../shared/data/locomo/locomo_dev5.json)."),
+    results: Path = typer.Option(Path("evals/results/locomo_dev"), "--results",
+                                 help="The --out folder of a finished `eval locomo` run (answers.jsonl, homes/)."),
+    k: int = typer.Option(5, "--k", min=1, help="Episodes retrieved per question (the run's --k)."),
+) -> None:
+    """Fit the router policy on all conversations but one and score it on that one, for each in turn."""
+    from agent_memory.evals.calibration import run_calibration
+
+    run_calibration(data, results, k, echo=typer.echo)
+    typer.echo((results / "calibration.md").read_text().rstrip())
+    typer.echo(f"wrote {results / 'calibration.json'}, {results / 'calibration.md'}")
+
+
 @eval_app.command("paper")
 def eval_paper(
-    probe: str = typer.Option(..., "--probe", help="Which probe of the seed paper: capacity, internalization."),
+    probe: str = typer.Option(..., "--probe",
+                              help="Which probe of the seed paper: capacity, internalization, multimodule, merge, hybrid."),
     data: Path = typer.Option(..., "--data", help="The lora_memory_paper folder (../shared/data/lora_memory_paper)."),
     out: Path = typer.Option(Path("evals/results/paper"), "--out", help="Results folder; a rerun resumes."),
     loads: str = typer.Option("1K,2K,4K,8K", help="capacity: PhoneBook slices."),
     ranks: str = typer.Option("4,16,64", help="capacity: LoRA ranks."),
-    papers: Optional[str] = typer.Option(None, "--papers", help="internalization: paperQA.json indexes (default: all 15)."),
-    methods: str = typer.Option("none,context,raw,qa,distill", "--methods", help="internalization: which methods."),
-    max_epochs: Optional[int] = typer.Option(None, help="Epoch cap per module (capacity 40, internalization 12)."),
+    papers: Optional[str] = typer.Option(None, "--papers", help="internalization/hybrid: paperQA.json indexes (default: all)."),
+    methods: Optional[str] = typer.Option(None, "--methods", help="internalization/hybrid: methods (default: the probe's)."),
+    sectors: int = typer.Option(4, "--sectors", help="multimodule/merge: how many of the 16 sectors (one module each)."),
+    facts: int = typer.Option(48, "--facts", help="multimodule/merge: facts kept per sector (48 = the 1K slice)."),
+    rank: int = typer.Option(16, "--rank", help="multimodule/merge: rank of each sector module (the big one: sectors x rank)."),
+    max_epochs: Optional[int] = typer.Option(None, help="Epoch cap per module (capacity/multimodule/merge 40, PaperQA 12)."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: the embedded SmolLM2)."),
 ) -> None:
     """The seed paper's probes on its own data, each table beside the paper's finding."""
     from agent_memory.config import BackboneConfig
     from agent_memory.consolidation import LoraSettings
     from agent_memory.errors import ValidationError
-    from agent_memory.evals.paper import PROBES, run_capacity_probe
     from agent_memory.evals.internalization import run_internalization_probe
+    from agent_memory.evals.multimodule import run_multimodule_probe
+    from agent_memory.evals.paper import PROBES, run_capacity_probe
 
     if probe not in PROBES:
         raise ValidationError("--probe", f"{probe!r} is not built", f"use one of: {', '.join(PROBES)}")
     backbone_config = BackboneConfig(model=backbone) if backbone else None
-    epochs = max_epochs if max_epochs is not None else {"capacity": 40, "internalization": 12}[probe]
+    paperqa = probe in ("internalization", "hybrid")
+    epochs = max_epochs if max_epochs is not None else 12 if paperqa else 40
     if probe == "capacity":
         run_capacity_probe(data, out, loads.split(","), [int(r) for r in ranks.split(",")], epochs,
                            echo=typer.echo, backbone_config=backbone_config)
-    else:
+    elif paperqa:
         chosen = [_index("--papers", p) for p in papers.split(",")] if papers else None
-        run_internalization_probe(data, out, chosen, [m for m in methods.split(",") if m], echo=typer.echo,
-                                  settings=LoraSettings(max_epochs=epochs), backbone_config=backbone_config)
+        run_internalization_probe(data, out, chosen, [m for m in methods.split(",") if m] if methods else None,
+                                  echo=typer.echo, settings=LoraSettings(max_epochs=epochs),
+                                  backbone_config=backbone_config, probe=probe)
+    else:
+        run_multimodule_probe(data, out, probe, sectors, facts, LoraSettings(rank=rank, alpha=2 * rank, max_epochs=epochs),
+                              backbone_config=backbone_config, echo=typer.echo)
     typer.echo((out / f"{probe}.md").read_text().rstrip())
     typer.echo("wrote " + ", ".join(str(out / f"{probe}.{ext}") for ext in ("json", "md", "png")))
 

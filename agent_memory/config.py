@@ -120,8 +120,10 @@ class RouterConfig:
     """A registered policy name (see ``POLICIES``)."""
     policy_params: Mapping[str, Any] = field(default_factory=dict)
     """Keyword arguments for the policy (e.g. fitted thresholds)."""
-    max_modules: int = 2
-    """At most this many modules are activated together (merged when more than one)."""
+    max_modules: int = 1
+    """At most this many modules are activated together (merged when more than one). 1: the merge probe
+    (evals/README.md) found any merge of two memorized-fact modules loses both modules' facts, while the
+    module that absorbed the evidence alone keeps its own."""
     recent_turns: int = 8
     """How many of the session's latest turns form the ICL window."""
     module_share: float = 0.5

@@ -25,7 +25,7 @@ from agent_memory.errors import ValidationError
 
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, lora_config, train_lora
 
-_LINE = re.compile(r"Question: (.*?) Answer: (.*)")
+PHONEBOOK_LINE = re.compile(r"Question: (.*?) Answer: (.*)")
 
 
 def load_phonebook(data_dir: str | Path, load: str) -> tuple[list[QAExample], list[QAExample], int]:
@@ -36,7 +36,7 @@ def load_phonebook(data_dir: str | Path, load: str) -> tuple[list[QAExample], li
         raise ValidationError("data", f"{train_path.name} or {eval_path.name} is missing in {data_dir}",
                               "pass the lora_memory_paper folder of ../shared/data")
     rows = [r["text"] for r in csv.DictReader(train_path.open(encoding="utf-8"))]
-    train = [QAExample(*_LINE.match(r).groups()) for r in rows]
+    train = [QAExample(*PHONEBOOK_LINE.match(r).groups()) for r in rows]
     evals = [QAExample(q["question"] + "?", q["answer"]) for q in json.loads(eval_path.read_text(encoding="utf-8"))]
     return train, evals, sum(len(r) for r in rows)
 

@@ -136,17 +136,22 @@ def teacher_prompt(backbone, context: str, question: str) -> str:
     return backbone.qa_prompt(f"{context}\n\n{question}")
 
 
-def teacher_targets(backbone, examples: Sequence[QAExample], batch_size: int = 8) -> list[tuple[Any, Any] | None]:
+def teacher_targets(backbone, examples: Sequence[QAExample], batch_size: int = 8,
+                    encoded: Sequence[tuple[list[int], list[int]]] | None = None) -> list[tuple[Any, Any] | None]:
     """Per example with a context: (top-k token ids, their renormalized probabilities) at each answer token,
-    from the backbone (no adapter) reading the context; ``None`` for examples without one."""
+    from the backbone (no adapter) reading the context; ``None`` for examples without one.
+
+    ``encoded`` (``encode_examples`` of the same examples) spares tokenizing the answers again.
+    """
     import torch
 
     tok = backbone.tokenizer
+    encoded = encoded or encode_examples(backbone, examples)
     rows: dict[int, tuple[list[int], int]] = {}
     for n, ex in enumerate(examples):
         if ex.context:
             prompt = tok(teacher_prompt(backbone, ex.context, ex.question), add_special_tokens=False)["input_ids"]
-            answer = tok(ex.answer + backbone.end_of_answer, add_special_tokens=False)["input_ids"]
+            answer = [x for x in encoded[n][1] if x != -100]
             rows[n] = (prompt + answer, len(answer))
     out: list[tuple[Any, Any] | None] = [None] * len(examples)
     order = sorted(rows, key=lambda n: len(rows[n][0]))
@@ -194,7 +199,8 @@ def train_lora(
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
     encoded = encode_examples(backbone, examples)
-    soft = _soft_targets(encoded, teacher_targets(backbone, examples)) if any(e.context for e in examples) else None
+    distilled = any(e.context for e in examples)
+    soft = _soft_targets(encoded, teacher_targets(backbone, examples, encoded=encoded)) if distilled else None
     # adapters in the backbone's dtype (peft would otherwise up-cast them to fp32)
     model = get_peft_model(backbone.model, lora_config(settings), adapter_name=adapter_name, autocast_adapter_dtype=False)
     try:

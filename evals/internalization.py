@@ -9,7 +9,12 @@ the prompt. Methods:
 * ``raw``: a module trained on the raw text (next-token loss over ~3-sentence chunks);
 * ``qa``: a module trained on the product's template QA ("What did the paper say about MCTS?" -> the sentence);
 * ``distill``: the same questions, answered and taught by the backbone reading the sentence and its
-  neighbours (context distillation, ``consolidation.distill``).
+  neighbours (context distillation, ``consolidation.distill``);
+* ``rag``: no module, the ``RAG_K`` sentences nearest the question (MiniLM) in the prompt;
+* ``distill+rag``: the distilled module and those sentences together (the paper's hybrid probe,
+  ``agent-memory eval paper --probe hybrid``, reports none / context / rag / distill / distill+rag).
+
+Methods that share a module (``distill``, ``distill+rag``) share one training run per paper.
 
 The paper judged answers with GPT-4.1; offline we score token F1 and ROUGE-L (LCS F-measure) against
 the gold answer. One JSON line per (paper, method) is appended to ``internalization.jsonl`` as soon
@@ -35,11 +40,18 @@ from agent_memory.consolidation.synthesis import Synthesizer, TemplateSynthesize
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, teacher_prompt, train_lora
 from agent_memory.evals.jsonl import append_row, read_rows
 
-METHODS = ("none", "context", "raw", "qa", "distill")
-PAPER_FINDING = (
-    "Paper (Llama-3.1-8B, judged by GPT-4.1): a module trained on the raw introduction answers little; synthesized "
-    "QA pairs internalize far better, and QA plus summaries and rewrites best."
-)
+METHODS = ("none", "context", "raw", "qa", "distill", "rag", "distill+rag")
+PROBE_METHODS = {"internalization": ("none", "context", "raw", "qa", "distill"),
+                 "hybrid": ("none", "context", "rag", "distill", "distill+rag")}
+PAPER_FINDINGS = {
+    "internalization": "Paper (Llama-3.1-8B, judged by GPT-4.1): a module trained on the raw introduction answers "
+                       "little; synthesized QA pairs internalize far better, and QA plus summaries and rewrites best.",
+    "hybrid": "Paper: adapter memory and retrieval are complementary; the module plus retrieved context beats "
+              "either alone.",
+}
+COMPARISONS = {"hybrid": (("distill+rag", "rag"), ("distill+rag", "distill"))}
+"""Paired differences a probe reports beside each method's difference to ``none``."""
+RAG_K = 3
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(])")
 
 
@@ -131,28 +143,61 @@ def training_examples(backbone: Backbone, paper: dict[str, Any], index: int, met
     return synthesizer.synthesize(episodes)
 
 
-def run_method(backbone: Backbone, paper: dict[str, Any], index: int, method: str, settings: LoraSettings,
-               max_new_tokens: int = 48) -> dict[str, Any]:
-    """One (paper, method) cell: train if the method has a module, then answer and score the paper's questions."""
-    qas = paper["QA"]
-    intro = paper["introduction"]
-    prompts = [teacher_prompt(backbone, intro, q["question"]) if method == "context" else backbone.qa_prompt(q["question"])
-               for q in qas]
-    row: dict[str, Any] = {"paper": index, "title": paper.get("title", ""), "method": method, "train": None}
-    peft_model = None
-    if method not in ("none", "context"):
-        examples = training_examples(backbone, paper, index, method)
+def module_kind(method: str) -> str | None:
+    """The training data of a method's module (None: the method uses no module)."""
+    return {"raw": "raw", "qa": "qa", "distill": "distill", "distill+rag": "distill"}.get(method)
+
+
+class SentenceRetriever:
+    """The ``k`` sentences of one introduction nearest a question, in the paper's order."""
+
+    def __init__(self, embedder, texts: Sequence[str], k: int = RAG_K) -> None:
+        import numpy as np
+
+        self.embedder, self.texts, self.k = embedder, list(texts), k
+        self.matrix = np.asarray(embedder.embed(self.texts), dtype=np.float32)
+
+    def __call__(self, question: str) -> str:
+        import numpy as np
+
+        scores = self.matrix @ np.asarray(self.embedder.embed([question])[0], dtype=np.float32)
+        return " ".join(self.texts[i] for i in sorted(np.argsort(-scores)[: self.k].tolist()))
+
+
+def run_methods(backbone: Backbone, paper: dict[str, Any], index: int, methods: Sequence[str], settings: LoraSettings,
+                retrieve: Callable[[str], str] | None = None, max_new_tokens: int = 48) -> list[dict[str, Any]]:
+    """The cells of one paper whose methods share a module (or use none): train it once, answer and score each."""
+    kinds = {module_kind(m) for m in methods}
+    if len(kinds) != 1:
+        raise ValueError(f"methods {list(methods)} need different modules")
+    kind = kinds.pop()
+    train, peft_model = None, None
+    if kind:
+        examples = training_examples(backbone, paper, index, kind)
         peft_model, report = train_lora(backbone, examples, settings, "default")
-        row["train"] = {"examples": len(examples), **report.to_dict()}
-        row["train"].pop("history")
+        train = {"examples": len(examples), **report.to_dict()}
+        train.pop("history")
+    rows = []
     try:
-        answers = backbone.complete(prompts, max_new_tokens=max_new_tokens)
+        for method in methods:
+            contexts = [paper["introduction"] if method == "context" else retrieve(q["question"]) if method.endswith("rag")
+                        else None for q in paper["QA"]]
+            prompts = [backbone.qa_prompt(q["question"]) if c is None else teacher_prompt(backbone, c, q["question"])
+                       for q, c in zip(paper["QA"], contexts)]
+            answers = backbone.complete(prompts, max_new_tokens=max_new_tokens)
+            rows.append(scored_row(paper, index, method, train, answers))
     finally:
         if peft_model is not None:
             backbone.model = peft_model.unload()
+    return rows
+
+
+def scored_row(paper: dict[str, Any], index: int, method: str, train: dict[str, Any] | None,
+               answers: Sequence[str]) -> dict[str, Any]:
+    row: dict[str, Any] = {"paper": index, "title": paper.get("title", ""), "method": method, "train": train}
     row["answers"] = [{"level": q["level"], "question": q["question"], "gold": str(q["answer"]), "answer": a,
                        "f1": round(token_f1(a, str(q["answer"])), 4), "rouge_l": round(rouge_l(a, str(q["answer"])), 4)}
-                      for q, a in zip(qas, answers)]
+                      for q, a in zip(paper["QA"], answers)]
     for metric in ("f1", "rouge_l"):
         row[metric] = round(sum(a[metric] for a in row["answers"]) / len(row["answers"]), 4)
     return row
@@ -162,12 +207,21 @@ def run_internalization_probe(
     data_dir: str | Path,
     out: str | Path,
     papers: Sequence[int] | None = None,
-    methods: Sequence[str] = METHODS,
+    methods: Sequence[str] | None = None,
     settings: LoraSettings | None = None,
     backbone_config: BackboneConfig | None = None,
     echo: Callable[[str], None] = print,
+    probe: str = "internalization",
 ) -> dict[str, Any]:
-    """Run (or resume) every (paper, method) cell into ``out``; returns the summary."""
+    """Run (or resume) every (paper, method) cell into ``out``; returns the summary.
+
+    Both PaperQA probes share one result log (``internalization.jsonl``), so a cell either ran
+    is reused by the other; ``probe`` names the report (``internalization`` or ``hybrid``) and
+    its default methods.
+    """
+    if probe not in PROBE_METHODS:
+        raise ValidationError("--probe", f"{probe!r} is not a PaperQA probe", f"use {' or '.join(PROBE_METHODS)}")
+    methods = list(methods or PROBE_METHODS[probe])
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ValidationError("--methods", f"unknown {', '.join(bad)}", f"use some of: {', '.join(METHODS)}")
@@ -180,23 +234,36 @@ def run_internalization_probe(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "internalization.jsonl"
-    done = {(r["paper"], r["method"]) for r in read_rows(log)}
-    backbone = None
+    rows = read_rows(log)
+    done = {(r["paper"], r["method"]) for r in rows}
+    backbone, embedder = None, None
     for index in papers:
-        for method in methods:
-            if (index, method) in done:
-                continue
+        pending = [m for m in methods if (index, m) not in done]
+        for kind in dict.fromkeys(module_kind(m) for m in pending):
             backbone = backbone or Backbone.load(backbone_config or BackboneConfig())
-            row = run_method(backbone, data[index], index, method, settings)
-            row["backbone"] = backbone.name
-            append_row(log, row)
-            trained = f", trained {row['train']['seconds']:.0f} s on {row['train']['examples']} examples" if row["train"] else ""
-            echo(f"[paper {index} {method}] F1 {row['f1']:.3f} ROUGE-L {row['rouge_l']:.3f}{trained}")
-    rows = [r for r in read_rows(log) if r["paper"] in papers and r["method"] in methods]
-    summary = summarize(rows, settings)
-    (out / "internalization.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "internalization.md").write_text(internalization_report(summary))
-    plot_internalization(summary, out / "internalization.png")
+            group = [m for m in pending if module_kind(m) == kind]
+            retrieve = None
+            if any(m.endswith("rag") for m in group):
+                from agent_memory.embedder import OnnxEmbedder
+
+                embedder = embedder or OnnxEmbedder.bundled()
+                retrieve = SentenceRetriever(embedder, [e.text for e in paper_episodes(data[index], index)])
+            for row in run_methods(backbone, data[index], index, group, settings, retrieve):
+                row["backbone"] = backbone.name
+                append_row(log, row)
+                rows.append(row)
+                trained = (f", trained {row['train']['seconds']:.0f} s on {row['train']['examples']} examples"
+                           if row["train"] else "")
+                echo(f"[paper {index} {row['method']}] F1 {row['f1']:.3f} ROUGE-L {row['rouge_l']:.3f}{trained}")
+    chosen = sorted((r for r in rows if r["paper"] in papers and r["method"] in methods),
+                    key=lambda r: methods.index(r["method"]))
+    summary = summarize(chosen, settings)
+    summary["probe"] = probe
+    summary["paired"] = {f"{a} - {b}": paired_difference(chosen, a, b, summary["papers"])
+                         for a, b in COMPARISONS.get(probe, ()) if {a, b} <= set(summary["methods"])}
+    (out / f"{probe}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{probe}.md").write_text(internalization_report(summary))
+    plot_internalization(summary, out / f"{probe}.png")
     return summary
 
 
@@ -239,7 +306,8 @@ def paired_difference(rows: list[dict[str, Any]], method: str, base: str, papers
 def internalization_report(summary: dict[str, Any]) -> str:
     s = summary["settings"]
     lines = [
-        f"# Internalization probe (PaperQA): {summary['backbone']}, papers {summary['papers']}, "
+        f"# {summary.get('probe', 'internalization').capitalize()} probe (PaperQA): {summary['backbone']}, "
+        f"papers {summary['papers']}, "
         f"{summary['questions']} questions per method",
         "",
         f"Modules: r={s['rank']}, alpha={s['alpha']}, lr {s['learning_rate']}, at most {s['max_epochs']} epochs. "
@@ -261,7 +329,10 @@ def internalization_report(summary: dict[str, Any]) -> str:
               "|---" * (len(papers) + 1) + "|"]
     for m, v in summary["methods"].items():
         lines.append(f"| {m} | " + " | ".join(f"{v['by_paper'][str(p)]:.3f}" for p in papers) + " |")
-    lines += ["", PAPER_FINDING]
+    if summary.get("paired"):
+        lines += ["", "Paired F1 differences over the same questions (95% CI):", ""]
+        lines += [f"- {name}: {d['mean']:+.3f} +- {d['ci95']:.3f} (n={d['n']})" for name, d in summary["paired"].items()]
+    lines += ["", PAPER_FINDINGS[summary.get("probe", "internalization")]]
     return "\n".join(lines) + "\n"
 
 
@@ -278,7 +349,7 @@ def plot_internalization(summary: dict[str, Any], path: Path) -> None:
                label={"f1": "token F1", "rouge_l": "ROUGE-L"}[metric])
     ax.set_xticks([i + 0.2 for i in range(len(methods))], methods)
     ax.set_ylabel("score vs gold answer")
-    ax.set_title(f"PaperQA internalization, {len(summary['papers'])} papers")
+    ax.set_title(f"PaperQA {summary.get('probe', 'internalization')}, {len(summary['papers'])} papers")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -6,7 +6,11 @@ Back et al., "Understanding LoRA as Knowledge Memory" (ICML 2026); data in
 * ``capacity``: PhoneBook exact match versus load and rank, tokens stored per LoRA
   parameter, train speed (the consolidation benchmark's runner), written as
   ``capacity.json`` (after every run, so a killed probe resumes), ``capacity.png``
-  and ``capacity.md``.
+  and ``capacity.md``;
+* ``internalization`` and ``hybrid``: PaperQA, in :mod:`agent_memory.evals.internalization`;
+* ``multimodule`` and ``merge``: PhoneBook's 128K sectors, in :mod:`agent_memory.evals.multimodule`.
+
+Each probe writes ``PROBE.json``, ``PROBE.md`` and ``PROBE.png`` into the output folder.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Callable
 
 from agent_memory.consolidation.bench import plot, run_capacity_saved
 
-PROBES = ("capacity", "internalization")
+PROBES = ("capacity", "internalization", "multimodule", "merge", "hybrid")
 
 PAPER_CAPACITY = (
     "Paper (Llama-3.1-8B, PhoneBook): recall holds, then collapses once the load passes what the rank can "

@@ -81,5 +81,6 @@ def test_paper_capacity_probe_writes_a_report_beside_the_paper_and_resumes(slice
     assert (out / "capacity.png").read_bytes()[:4] == b"\x89PNG"
     code, printed, err = run(*args)
     assert code == 0 and "[1K r=2] kept from the previous results" in printed
-    code, _, err = run("eval", "paper", "--probe", "merge", "--data", str(slice_dir), "--out", str(out))
-    assert code == 2 and err.startswith("error: --probe: 'merge' is not built; use one of: capacity, internalization")
+    code, _, err = run("eval", "paper", "--probe", "magic", "--data", str(slice_dir), "--out", str(out))
+    assert code == 2 and err.startswith("error: --probe: 'magic' is not built; use one of: capacity, internalization, "
+                                        "multimodule, merge, hybrid")

@@ -8,7 +8,7 @@ import pytest
 
 from agent_memory.errors import ValidationError
 from agent_memory.evals.internalization import (
-    load_paperqa, neighbourhood, paper_episodes, raw_chunks, rouge_l, sentences, training_examples,
+    SentenceRetriever, load_paperqa, neighbourhood, paper_episodes, raw_chunks, rouge_l, sentences, training_examples,
 )
 from agent_memory.evals.jsonl import append_row, read_rows
 
@@ -92,12 +92,36 @@ def test_probe_runs_every_method_writes_a_report_and_resumes(paper_dir, tiny_mod
         line for line in printed.splitlines() if line.startswith("[paper 0 distill]")] != []
     assert [r["method"] for r in read_rows(out / "internalization.jsonl")] == ["none", "context", "raw", "qa", "distill"]
 
+    # the hybrid probe shares the log: none/context/distill are reused, rag and distill+rag share one training
+    code, printed, err = run("eval", "paper", "--probe", "hybrid", *args[4:])
+    assert code == 0, err
+    assert [line.split("]")[0] for line in printed.splitlines() if line.startswith("[paper")] == [
+        "[paper 0 rag", "[paper 0 distill+rag"]
+    rows = {r["method"]: r for r in read_rows(out / "internalization.jsonl")}
+    assert rows["rag"]["train"] is None and rows["distill+rag"]["train"]["epochs"] == 1
+    hybrid = json.loads((out / "hybrid.json").read_text())
+    assert list(hybrid["methods"]) == ["none", "context", "rag", "distill", "distill+rag"] and hybrid["probe"] == "hybrid"
+    report = (out / "hybrid.md").read_text()
+    assert report.startswith("# Hybrid probe") and "complementary" in report and report.rstrip() in printed
+    assert set(hybrid["paired"]) == {"distill+rag - rag", "distill+rag - distill"}
+    assert hybrid["paired"]["distill+rag - rag"]["n"] == 2 and "- distill+rag - rag: " in report
+
     code, _, err = run("eval", "paper", "--probe", "internalization", "--data", str(paper_dir), "--out", str(out),
                        "--papers", "3")
     assert code == 2 and "--papers" in err
     code, _, err = run("eval", "paper", "--probe", "internalization", "--data", str(paper_dir), "--out", str(out),
                        "--methods", "none,magic")
     assert code == 2 and "--methods" in err
+
+
+def test_retrieval_gives_the_nearest_sentences_in_the_papers_order():
+    from agent_memory.embedder import OnnxEmbedder
+
+    retrieve = SentenceRetriever(OnnxEmbedder.bundled(), sentences(INTRO), k=2)
+    # the dog sentence ranks first, yet the two come back in the paper's order
+    assert retrieve("What is the name of Maria's dog?") == "Maria moved to Lisbon in 2021. Her dog Biscuit likes the city."
+    assert retrieve("Which planner beats Diffuser?") == ("The MCTD planner uses guidance levels (as meta-actions). "
+                                                         "It beats Diffuser on mazes!")
 
 
 def test_result_log_drops_a_line_cut_short_and_appends_on_a_fresh_line(tmp_path):

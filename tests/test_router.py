@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -168,7 +169,12 @@ def test_provenance_picks_the_modules_that_absorbed_the_top_hits(memory):
     m_dog = make_module(memory, [dog], seed=1)
     m_city = make_module(memory, [city], seed=2)
     make_module(memory, [cello], seed=3)
-    answer = memory.answer("Maria's move to Lisbon and her dog Biscuit", OLD, k=3)
+    question = "Maria's move to Lisbon and her dog Biscuit"
+    by_default = memory.router.decide(question, OLD, 3)
+    assert by_default.route.startswith("adapter") and len(by_default.modules) == 1, "one module unless told to merge"
+    assert by_default.modules[0] in {m_dog.id, m_city.id}
+    memory.router.config = replace(memory.router.config, max_modules=2)
+    answer = memory.answer(question, OLD, k=3)
     assert set(answer.modules) == {m_dog.id, m_city.id}
     assert memory.adapters._combos, "two modules are merged (and the merge cached)"
 

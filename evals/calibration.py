@@ -1,0 +1,144 @@
+"""Router calibration on LoCoMo: fit the routing policy on some conversations, report it on the others.
+
+``agent-memory eval calibrate`` reads a finished ``eval locomo`` run (its ``answers.jsonl`` and the
+memory homes it ingested) and, for every question of categories 1-4:
+
+* recomputes the router's features from that home (retrieval only; no generation), exactly as the
+  ``router`` method saw them when it answered from the conversation's last session;
+* takes the quality of each route from the forced-route methods of the same run (``none``, ``icl``,
+  ``rag``, and ``adapter`` when it ran): the LoCoMo F1 of the answer that route gave.
+
+Leave one conversation out: the policy (:class:`agent_memory.router.RulePolicy`, grid search of its
+thresholds) is fitted on the other conversations and scored on the held-out one by the quality of
+the routes it picks; nothing is ever scored on the conversations it was fitted on. Beside it, on the
+same held-out questions: the default thresholds, the single route that was best on the fitting
+conversations, the router as it actually ran, and the per-question oracle (the ceiling of any router).
+
+A route is scored by the forced-route answer: a policy-chosen ``rag`` can keep fewer retrieved
+episodes than forced ``rag`` (the relevance margin), so the simulated default differs a little
+from the router's real answers; both are reported. Routes no method measured score 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from agent_memory.errors import ValidationError
+from agent_memory.evals.jsonl import read_rows
+from agent_memory.evals.locomo import AGENT, ROUTE_OF, load_locomo
+from agent_memory.router import RouteFeatures, RulePolicy
+
+
+def route_samples(data: str | Path, results: str | Path, k: int = 5,
+                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """One record per answered question (categories 1-4): conversation, features, quality per route, router's score."""
+    from agent_memory.memory import AgentMemory
+    from agent_memory.types import Namespace
+
+    results = Path(results)
+    rows = read_rows(results / "answers.jsonl")
+    if not rows:
+        raise ValidationError("--results", f"{results / 'answers.jsonl'} holds no answers",
+                              "pass the --out folder of a finished `agent-memory eval locomo` run")
+    quality: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+    router: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["sample_id"], r["index"])
+        if ROUTE_OF.get(r["method"]):
+            quality[key][ROUTE_OF[r["method"]]] = r["score"]
+        elif r["method"] == "router":
+            router[key] = r
+    samples = []
+    for conv in load_locomo(data):
+        asked = [q for q in conv.questions if q.category != 5 and (conv.sample_id, q.index) in quality]
+        home = results / "homes" / conv.sample_id
+        if not asked:
+            continue
+        if not (home / "ingested.json").is_file():
+            raise ValidationError("--results", f"{home} is missing or was not fully ingested",
+                                  "rerun `agent-memory eval locomo` with the same --out to finish it")
+        memory = AgentMemory.open(home)
+        ns = Namespace(conv.sample_id, AGENT, f"s{conv.sessions[-1].number}")
+        for q in asked:
+            features = memory.router.decide(q.question, ns, k).features
+            ran = router.get((conv.sample_id, q.index))
+            samples.append({"conversation": conv.sample_id, "index": q.index, "features": features.to_dict(),
+                            "quality": quality[(conv.sample_id, q.index)], "router": ran and ran["score"],
+                            "route_as_run": ran and ran["route"]})
+        echo(f"{conv.sample_id}: features of {len(asked)} questions")
+    return samples
+
+
+def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Fit on all conversations but one, score on that one; every conversation held out once."""
+    conversations = sorted({s["conversation"] for s in samples})
+    if len(conversations) < 2:
+        raise ValidationError("--results", f"only {conversations} answered", "calibrate on two or more conversations")
+    pairs = [(RouteFeatures(**s["features"]), s["quality"]) for s in samples]
+    folds = []
+    for held in conversations:
+        fit = [p for p, s in zip(pairs, samples) if s["conversation"] != held]
+        test = [(p, s) for p, s in zip(pairs, samples) if s["conversation"] == held]
+        fitted = RulePolicy().fit(fit)
+        routes = sorted({r for _, q in fit for r in q})
+        best_route = max(routes, key=lambda r: sum(q.get(r, 0.0) for _, q in fit))
+        with_router = [s["router"] for _, s in test if s["router"] is not None]
+        folds.append({
+            "held_out": held, "questions": len(test), "fitted_on": [c for c in conversations if c != held],
+            "params": fitted.params(),
+            "f1_fitted": _mean([q.get(fitted.decide(f)[0], 0.0) for (f, q), _ in test]),
+            "f1_default": _mean([q.get(RulePolicy().decide(f)[0], 0.0) for (f, q), _ in test]),
+            "best_fixed_route": best_route,
+            "f1_best_fixed_route": _mean([q.get(best_route, 0.0) for (_, q), _ in test]),
+            "f1_router_as_run": _mean(with_router) if len(with_router) == len(test) else None,
+            "f1_oracle": _mean([max(q.values()) for (_, q), _ in test]),
+            "routes_fitted": dict(Counter(fitted.decide(f)[0] for (f, _), _ in test)),
+        })
+    total = sum(f["questions"] for f in folds)
+    pooled = {key: round(sum(f[key] * f["questions"] for f in folds) / total, 4)
+              for key in ("f1_fitted", "f1_default", "f1_best_fixed_route", "f1_oracle")}
+    if all(f["f1_router_as_run"] is not None for f in folds):
+        pooled["f1_router_as_run"] = round(sum(f["f1_router_as_run"] * f["questions"] for f in folds) / total, 4)
+    return {"conversations": conversations, "questions": total, "folds": folds, "pooled": pooled}
+
+
+def run_calibration(data: str | Path, results: str | Path, k: int = 5,
+                    echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Features, leave-one-conversation-out fit, then ``calibration.json`` and ``calibration.md`` in ``results``."""
+    summary = leave_one_out(route_samples(data, results, k, echo))
+    summary["k"] = k
+    results = Path(results)
+    (results / "calibration.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (results / "calibration.md").write_text(calibration_report(summary))
+    return summary
+
+
+def calibration_report(summary: dict[str, Any]) -> str:
+    lines = [
+        f"# Router calibration (LoCoMo, leave one conversation out, {summary['questions']} questions of categories 1-4)",
+        "",
+        "F1 on the held-out conversation of the routes each policy picks (each route scored by its forced-route answer).",
+        "",
+        "| held out | questions | fitted | default rules | best fixed route (on the fit set) | router as run | oracle | "
+        "fitted rag_min | fitted picks |",
+        "|----------|----------:|-------:|--------------:|----------------------------------|--------------:|-------:|"
+        "---------------:|--------------|",
+    ]
+    for f in summary["folds"]:
+        ran = "-" if f["f1_router_as_run"] is None else f"{f['f1_router_as_run']:.3f}"
+        picks = ", ".join(f"{r} {n}" for r, n in sorted(f["routes_fitted"].items()))
+        lines.append(f"| {f['held_out']} | {f['questions']} | {f['f1_fitted']:.3f} | {f['f1_default']:.3f} | "
+                     f"{f['f1_best_fixed_route']:.3f} ({f['best_fixed_route']}) | {ran} | {f['f1_oracle']:.3f} | "
+                     f"{f['params']['rag_min']} | {picks} |")
+    p = summary["pooled"]
+    ran = f"{p['f1_router_as_run']:.3f}" if "f1_router_as_run" in p else "-"
+    lines.append(f"| **all** | {summary['questions']} | {p['f1_fitted']:.3f} | {p['f1_default']:.3f} | "
+                 f"{p['f1_best_fixed_route']:.3f} | {ran} | {p['f1_oracle']:.3f} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(sum(values) / len(values), 4) if values else 0.0

@@ -1,0 +1,67 @@
+"""Router calibration: leave-one-conversation-out fitting never scores what it fitted on; a real run's features."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent_memory.config import BackboneConfig, MemoryConfig
+from agent_memory.errors import ValidationError
+from agent_memory.evals.calibration import leave_one_out, route_samples
+from agent_memory.evals.locomo import run_locomo
+from agent_memory.router import RouteFeatures, RulePolicy
+
+from tests.test_locomo import tiny_locomo
+
+
+def sample(conversation, top_score, none, rag):
+    features = RouteFeatures(top_score=top_score, relevant=1, recent_turns=4).to_dict()
+    return {"conversation": conversation, "index": 0, "features": features, "quality": {"none": none, "rag": rag},
+            "router": None, "route_as_run": None}
+
+
+def test_fitted_thresholds_come_from_the_other_conversations_only():
+    # in a and b, weak retrieval (0.3) misleads and strong retrieval (0.6) helps; c behaves the other way round
+    a = [sample("a", 0.3, 0.5, 0.0), sample("a", 0.6, 0.0, 1.0)]
+    b = [sample("b", 0.3, 0.5, 0.0), sample("b", 0.6, 0.0, 1.0)]
+    c = [sample("c", 0.3, 0.0, 1.0), sample("c", 0.6, 0.0, 1.0)]
+    result = leave_one_out(a + b + c)
+    folds = {f["held_out"]: f for f in result["folds"]}
+    assert RulePolicy().decide(RouteFeatures(**a[0]["features"]))[0] == "rag", "the default retrieves at 0.3"
+    # fitted without c (on a, b): refuse weak retrieval, which is wrong for c: c's score shows it, it is not hidden
+    assert folds["c"]["params"]["rag_min"] > 0.3 and folds["c"]["f1_fitted"] == 0.5 and folds["c"]["f1_default"] == 1.0
+    assert folds["c"]["fitted_on"] == ["a", "b"] and folds["c"]["routes_fitted"] == {"none": 1, "rag": 1}
+    # fitted on b and c, where retrieving at 0.3 wins overall, the default stays, and a's weak question is lost
+    assert folds["a"]["params"]["rag_min"] == 0.2 and folds["a"]["f1_fitted"] == folds["a"]["f1_default"] == 0.5
+    assert folds["a"]["f1_oracle"] == 0.75
+    assert folds["a"]["best_fixed_route"] == "rag" and folds["a"]["f1_best_fixed_route"] == 0.5
+    assert result["questions"] == 6 and result["pooled"]["f1_oracle"] == pytest.approx((0.75 * 4 + 1.0 * 2) / 6, abs=1e-4)
+    with pytest.raises(ValidationError, match="two or more"):
+        leave_one_out(a)
+
+
+def test_a_finished_run_is_calibrated_from_its_own_homes(tmp_path, tiny_model_dir, cli_runner):
+    data = tiny_locomo(tmp_path / "t.json")
+    samples = json.loads(data.read_text())
+    samples.append({**samples[0], "sample_id": "conv-t2"})
+    data.write_text(json.dumps(samples))
+    out = tmp_path / "out"
+    config = MemoryConfig(backbone=BackboneConfig(model=str(tiny_model_dir), dtype="float32"))
+    run_locomo(data, out, methods=["none", "icl", "rag", "router"], memory_config=config, max_new_tokens=4,
+               progress=False, echo=lambda line: None)
+    found = route_samples(data, out, echo=lambda line: None)
+    assert len(found) == 8, "categories 1-4 of both conversations"
+    assert all(set(s["quality"]) == {"none", "icl", "rag"} for s in found)
+    # the recomputed features lead the default policy to the very route the router took when it answered
+    assert [RulePolicy().decide(RouteFeatures(**s["features"]))[0] for s in found] == [s["route_as_run"] for s in found]
+
+    code, printed, err = cli_runner(tmp_path / "home")("eval", "calibrate", "--data", str(data), "--results", str(out))
+    assert code == 0, err
+    summary = json.loads((out / "calibration.json").read_text())
+    assert [f["held_out"] for f in summary["folds"]] == ["conv-t1", "conv-t2"]
+    assert all(f["f1_router_as_run"] is not None for f in summary["folds"])
+    assert "| **all** | 8 |" in printed and (out / "calibration.md").is_file()
+
+    code, _, err = cli_runner(tmp_path / "home")("eval", "calibrate", "--data", str(data), "--results", str(tmp_path / "x"))
+    assert code == 2 and "--results" in err
