@@ -160,9 +160,8 @@ def answer(backbone: Backbone, registry: AdapterRegistry, grid: _Grid, method: s
     n = len(grid.modules)
     asked = [i for i, (s, _) in enumerate(grid.questions) if method not in MERGED or s < merged]
     use_context = method.endswith("rag")
-    prompts = {i: teacher_prompt(backbone, fact_line(grid.questions[int(grid.retrieved[i])][1]), ex.question)
-               if use_context else backbone.qa_prompt(ex.question)
-               for i, (_, ex) in enumerate(grid.questions) if i in set(asked)}
+    prompts = {i: teacher_prompt(backbone, fact_line(grid.questions[int(grid.retrieved[i])][1]), grid.questions[i][1].question)
+               if use_context else backbone.qa_prompt(grid.questions[i][1].question) for i in asked}
     weight = 1.0
     if method in MERGED:
         # the serving path's merge; weights as ResidentAdapters applies them (cat scales B by w/sqrt(N))
