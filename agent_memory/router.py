@@ -39,7 +39,7 @@ class RouteFeatures:
     """Retrieved episodes scoring at least ``max(min_score, best - relevance_margin)`` (the router's config), where
     best is the score of the best retrieved episode that is not a question (of the best one when all are)."""
     relevant_absorbed: int = 0
-    """Relevant episodes absorbed by a trusted (not weak) module."""
+    """Relevant episodes absorbed by the module(s) the router would activate (trusted, at most ``max_modules``)."""
     relevant_in_recent: int = 0
     """Relevant episodes that are not absorbed and lie in the session's recent-turn window."""
     provenance_modules: int = 0
@@ -151,8 +151,8 @@ class RulePolicy(Policy):
         pending = f.relevant - f.relevant_absorbed
         modules = f.provenance_modules > 0 or (not relevant and f.centroid_best >= self.centroid_min)
         if modules:
-            how = (f"{f.provenance_modules} trusted module(s) absorbed {f.relevant_absorbed} of {f.relevant} relevant "
-                   f"episode(s)" if f.provenance_modules else
+            how = (f"{f.provenance_modules} trusted module(s) absorbed relevant episodes, the one(s) activated "
+                   f"{f.relevant_absorbed} of {f.relevant}" if f.provenance_modules else
                    f"retrieval found nothing above {self.rag_min} but a module's centroid matches "
                    f"({f.centroid_best:.2f} >= {self.centroid_min})")
             if pending > 0 and pending == f.relevant_in_recent:
@@ -249,8 +249,10 @@ class Router:
         trusted_sims = [(float(s), m.id) for s, m in zip(similarity, modules) if m.id in trusted]
         centroid_best, centroid_id = max(trusted_sims, default=(0.0, None))
         chosen = self._select(weight) if weight else ([centroid_id] if centroid_id else [])
-        absorbed = [h for h in relevant if h.episode.absorbed_by in trusted]
-        pending = [h for h in relevant if h.episode.absorbed_by not in trusted]
+        # what the activated module(s) would hold; a relevant episode of a trusted module left out (max_modules)
+        # is pending like a new one, so it is retrieved rather than lost
+        absorbed = [h for h in relevant if h.episode.absorbed_by in chosen]
+        pending = [h for h in relevant if h.episode.absorbed_by not in chosen]
         features = RouteFeatures(
             top_score=hits[0].score if hits else 0.0,
             relevant=len(relevant),

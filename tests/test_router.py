@@ -173,6 +173,9 @@ def test_provenance_picks_the_modules_that_absorbed_the_top_hits(memory):
     by_default = memory.router.decide(question, OLD, 3)
     assert by_default.route.startswith("adapter") and len(by_default.modules) == 1, "one module unless told to merge"
     assert by_default.modules[0] in {m_dog.id, m_city.id}
+    # the other module's episode is not lost: it goes into the prompt (here as a recent turn) beside the module
+    left_out = dog if by_default.modules[0] == m_city.id else city
+    assert by_default.route == "adapter+icl" and left_out.id in [h.episode.id for h in by_default.evidence]
     memory.router.config = replace(memory.router.config, max_modules=2)
     answer = memory.answer(question, OLD, k=3)
     assert set(answer.modules) == {m_dog.id, m_city.id}
