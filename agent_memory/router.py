@@ -41,7 +41,7 @@ class RouteFeatures:
     relevant_absorbed: int = 0
     """Relevant episodes absorbed by the module(s) the router would activate (trusted, at most ``max_modules``)."""
     relevant_in_recent: int = 0
-    """Relevant episodes that are not absorbed and lie in the session's recent-turn window."""
+    """Relevant episodes not absorbed by the module(s) to be activated that lie in the session's recent-turn window."""
     provenance_modules: int = 0
     """Trusted modules that absorbed at least one relevant episode."""
     centroid_best: float = 0.0
