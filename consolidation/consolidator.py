@@ -163,8 +163,7 @@ class Consolidator:
                 peft_model.save_pretrained(str(staged))
             finally:
                 self.backbone.model = peft_model.unload()
-            vectors = self.store.embedder.embed([e.text for e in episodes])
-            centroid = [sum(col) / len(vectors) for col in zip(*vectors)]
+            centroid = mean_vector(self.store.embedder.embed([e.text for e in episodes]))
             info = ModuleInfo(
                 id=module_id, user_id=scope.user_id, agent_id=scope.agent_id,
                 episode_ids=tuple(e.id for e in episodes),
@@ -192,6 +191,11 @@ class Consolidator:
 
     def _answer_tokens(self, examples: Sequence[QAExample]) -> int:
         return sum(sum(1 for label in labels if label != -100) for _, labels in encode_examples(self.backbone, examples))
+
+
+def mean_vector(vectors: Sequence[Sequence[float]]) -> list[float]:
+    """A module's centroid: the mean of its episodes' embeddings (the router normalizes it)."""
+    return [sum(col) / len(vectors) for col in zip(*vectors)]
 
 
 def _spread(examples: Sequence[QAExample]) -> list[QAExample]:

@@ -164,13 +164,11 @@ class SentenceRetriever:
         return " ".join(self.texts[i] for i in sorted(np.argsort(-scores)[: self.k].tolist()))
 
 
-def run_methods(backbone: Backbone, paper: dict[str, Any], index: int, methods: Sequence[str], settings: LoraSettings,
-                retrieve: Callable[[str], str] | None = None, max_new_tokens: int = 48) -> list[dict[str, Any]]:
-    """The cells of one paper whose methods share a module (or use none): train it once, answer and score each."""
-    kinds = {module_kind(m) for m in methods}
-    if len(kinds) != 1:
-        raise ValueError(f"methods {list(methods)} need different modules")
-    kind = kinds.pop()
+def run_methods(backbone: Backbone, paper: dict[str, Any], index: int, kind: str | None, methods: Sequence[str],
+                settings: LoraSettings, retrieve: Callable[[str], str] | None = None,
+                max_new_tokens: int = 48) -> list[dict[str, Any]]:
+    """The cells of one paper whose methods share the module ``kind`` (None: no module): train it once, answer and
+    score each."""
     train, peft_model = None, None
     if kind:
         examples = training_examples(backbone, paper, index, kind)
@@ -248,7 +246,7 @@ def run_internalization_probe(
 
                 embedder = embedder or OnnxEmbedder.bundled()
                 retrieve = SentenceRetriever(embedder, [e.text for e in paper_episodes(data[index], index)])
-            for row in run_methods(backbone, data[index], index, group, settings, retrieve):
+            for row in run_methods(backbone, data[index], index, kind, group, settings, retrieve):
                 row["backbone"] = backbone.name
                 append_row(log, row)
                 rows.append(row)

@@ -44,6 +44,7 @@ from agent_memory.errors import ValidationError
 from agent_memory.registry import AdapterRegistry, ModuleInfo
 
 from agent_memory.consolidation.bench import PHONEBOOK_LINE, save_json
+from agent_memory.consolidation.consolidator import mean_vector
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, teacher_prompt, train_lora
 
 ROUTED = ("oracle", "embedding", "provenance", "big", "rag", "provenance+rag")
@@ -131,13 +132,14 @@ def ensure_module(backbone: Backbone, registry: AdapterRegistry, name: str, exam
 class _Grid:
     """The trained modules, the questions, their embeddings and each router's choices."""
 
-    def __init__(self, sectors: list[list[QAExample]], modules: list[ModuleInfo], big: ModuleInfo, embedder) -> None:
+    def __init__(self, sectors: list[list[QAExample]], modules: list[ModuleInfo], big: ModuleInfo, embedder,
+                 fact_vectors: Sequence[Sequence[float]]) -> None:
         import numpy as np
 
         self.questions = [(s, ex) for s, facts in enumerate(sectors) for ex in facts]
         self.modules, self.big = modules, big
         q = np.asarray(embedder.embed([ex.question for _, ex in self.questions]), dtype=np.float32)
-        facts = np.asarray(embedder.embed([fact_line(ex) for _, ex in self.questions]), dtype=np.float32)
+        facts = np.asarray(fact_vectors, dtype=np.float32)
         centroids = np.asarray([m.centroid for m in modules], dtype=np.float32)
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
         self.retrieved = (q @ facts.T).argmax(axis=1)  # index of the nearest fact (facts and questions share order)
@@ -216,16 +218,13 @@ def run_multimodule_probe(
     registry = AdapterRegistry(out / "modules")
     registry.sweep()
 
-    def centroid(examples: Sequence[QAExample]) -> list[float]:
-        vectors = embedder.embed([fact_line(ex) for ex in examples])
-        return [sum(col) / len(vectors) for col in zip(*vectors)]
-
-    modules = [ensure_module(backbone, registry, f"sector{n:02d}", ex, centroid(ex), settings, echo)
-               for n, ex in enumerate(data)]
     everything = [ex for sector in data for ex in sector]
-    big = ensure_module(backbone, registry, f"all{sectors:02d}", everything, centroid(everything), big_settings, echo) \
+    vectors = embedder.embed([fact_line(ex) for ex in everything])  # in sector order, ``facts`` per sector
+    modules = [ensure_module(backbone, registry, f"sector{n:02d}", ex, mean_vector(vectors[n * facts:(n + 1) * facts]),
+                             settings, echo) for n, ex in enumerate(data)]
+    big = ensure_module(backbone, registry, f"all{sectors:02d}", everything, mean_vector(vectors), big_settings, echo) \
         if "big" in PROBE_METHODS[probe] else modules[0]
-    grid = _Grid(data, modules, big, embedder)
+    grid = _Grid(data, modules, big, embedder, vectors)
     results: dict[str, Any] = {
         "probe": probe, "backbone": backbone.name, "sectors": sectors, "facts_per_sector": facts,
         "questions": len(grid.questions), "retrieval_top1": round(grid.retrieval_accuracy(), 4),
