@@ -236,6 +236,21 @@ def answer_row(memory: Any, conv: Conversation, q: Question, method: str, k: int
     }
 
 
+def module_stats(home: Path, sample_id: str) -> dict[str, Any] | None:
+    """What consolidation left in a conversation's home: modules, weak ones, self-test recall, training cost."""
+    from agent_memory.registry import AdapterRegistry
+
+    modules = AdapterRegistry(home / "modules").list(sample_id, AGENT)
+    if not modules:
+        return None
+    return {
+        "modules": len(modules), "weak": sum(m.weak for m in modules), "episodes": sum(len(m.episode_ids) for m in modules),
+        "recall_mean": _mean([m.recall for m in modules]), "examples": sum(m.examples for m in modules),
+        "train_tokens": sum(m.train_tokens for m in modules), "train_seconds": round(sum(m.train_seconds for m in modules), 1),
+        "rank": sorted({m.rank for m in modules}), "params_per_module": modules[0].params,
+    }
+
+
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per method: F1 per category, overall F1 over categories 1-4, adversarial accuracy, recall@k, latency, tokens."""
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -304,7 +319,7 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
             stats = ingest(memory, conv, consolidate_every, consolidation, echo)
             marker.write_text(json.dumps(stats))
         if marker.exists():
-            ingestion[conv.sample_id] = json.loads(marker.read_text())
+            ingestion[conv.sample_id] = json.loads(marker.read_text()) | {"module_stats": module_stats(home, conv.sample_id)}
         if not todo:
             continue
         memory = AgentMemory.open(home, config=memory_config)
@@ -361,4 +376,10 @@ def report(summary: dict[str, Any]) -> str:
         lines.append(f"| {method} | {r['questions']} | {fmt(r['f1'])} | " + " | ".join(fmt(r['by_category'][c]) for c in cats)
                      + f" | {fmt(r['by_category']['adversarial'])} | {fmt(r['recall_at_k'])} | "
                      f"{r['prompt_tokens'] or 0:.0f} | {r['latency_ms_p50'] or 0:.0f} |")
+    trained = {sid: i["module_stats"] for sid, i in summary.get("ingestion", {}).items() if i.get("module_stats")}
+    if trained:
+        lines += ["", "| conversation | modules | weak | episodes absorbed | self-test recall | QA examples | train tokens | train s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {sid} | {m['modules']} | {m['weak']} | {m['episodes']} | {fmt(m['recall_mean'])} | {m['examples']} | "
+                  f"{m['train_tokens']} | {m['train_seconds']:.0f} |" for sid, m in trained.items()]
     return "\n".join(lines) + "\n"

@@ -134,6 +134,10 @@ def test_a_run_scores_every_method_consolidates_and_resumes(tmp_path, tiny_model
     assert len(rows) == 5 * 4 and {r["method"] for r in rows} == {"none", "rag", "adapter", "router"}
     assert summary["ingestion"]["conv-t1"]["modules"] >= 2, "consolidated after session 2 and after the last"
     assert summary["ingestion"]["conv-t1"]["absorbed"] == 5
+    stats = summary["ingestion"]["conv-t1"]["module_stats"]
+    assert stats["modules"] == summary["ingestion"]["conv-t1"]["modules"] and stats["episodes"] == 5
+    assert 0 <= stats["recall_mean"] <= 1 and stats["train_tokens"] > 0 and stats["rank"] == [FAST.lora.rank]
+    assert f"| conv-t1 | {stats['modules']} | {stats['weak']} | 5 |" in (out / "report.md").read_text()
     by = {(r["method"], r["index"]): r for r in rows}
     assert all(by[("none", i)]["route"] == "none" and by[("none", i)]["prompt_tokens"] < 40 for i in range(5))
     assert all(by[("adapter", i)]["modules"] for i in range(5)), "every episode is absorbed: modules answer"
