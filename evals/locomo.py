@@ -18,8 +18,9 @@ contains "no information available" or "not mentioned". The overall F1 is over c
 recall@k: the share of a question's ``evidence`` dia_ids among the k retrieved episodes.
 
 Every answer is appended to ``answers.jsonl`` in the output folder as soon as it exists, and a
-conversation's home is marked ingested only once all its sessions (and consolidations) are in, so a killed
-run continues where it stopped: finished answers are kept, a half-ingested home is emptied and ingested again.
+conversation's home is marked ingested once all its sessions (and consolidations) are in, so a killed run
+continues where it stopped: finished answers are kept, and a half-ingested home goes on from its last stored
+session, keeping the modules it already trained (hours of CPU on a real conversation).
 """
 
 from __future__ import annotations
@@ -199,26 +200,40 @@ def evidence_recall(retrieved: Iterable[str], evidence: Sequence[str]) -> float 
 # -- running ------------------------------------------------------------------------------------------
 def ingest(memory: Any, conv: Conversation, consolidate_every: int = 0, consolidation: Any = None,
            echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Add the conversation session by session (dated turns), consolidating after every ``consolidate_every``."""
+    """Add the conversation session by session (dated turns), consolidating after every ``consolidate_every``.
+
+    Picks up a killed ingestion where it stopped: a session is written all or none (``add_many``), so a session
+    already in the store is not added again; modules already trained are kept (consolidation takes only pending
+    episodes), and the consolidation due at the last stored session runs if it had not.
+    """
     from agent_memory.store import NewEpisode
     from agent_memory.types import Namespace
 
-    started, modules, absorbed = time.perf_counter(), 0, 0
-    for done, session in enumerate(conv.sessions, start=1):
-        ns = Namespace(conv.sample_id, AGENT, f"s{session.number}")
-        memory.add_many([
-            NewEpisode(t.text, ns, speaker=t.speaker, role="user", timestamp=session.when + timedelta(seconds=i),
-                       metadata={"dia_id": t.dia_id})
-            for i, t in enumerate(session.turns)
-        ])
-        if consolidate_every and (done % consolidate_every == 0 or done == len(conv.sessions)):
+    started, last = time.perf_counter(), len(conv.sessions)
+    spaces = [Namespace(conv.sample_id, AGENT, f"s{s.number}") for s in conv.sessions]
+    stored = [memory.store.count(ns) for ns in spaces]
+    frontier = max((n for n, have in enumerate(stored) if have), default=-1)  # the last session stored
+    for n, (session, ns) in enumerate(zip(conv.sessions, spaces)):
+        if stored[n] != (len(session.turns) if n <= frontier else 0):
+            raise ValidationError(str(ns), f"holds {stored[n]} episodes, the session has {len(session.turns)}",
+                                  "delete the conversation's folder under OUT/homes/ and run again")
+    for n, (session, ns) in enumerate(zip(conv.sessions, spaces)):
+        if n > frontier:
+            memory.add_many([
+                NewEpisode(t.text, ns, speaker=t.speaker, role="user", timestamp=session.when + timedelta(seconds=i),
+                           metadata={"dia_id": t.dia_id})
+                for i, t in enumerate(session.turns)
+            ])
+        done = n + 1
+        # before the last stored session, its consolidations ran (a later session was only added after them)
+        if consolidate_every and n >= frontier and (done % consolidate_every == 0 or done == last):
             result = memory.consolidate(Namespace(conv.sample_id, AGENT), consolidation)
-            modules += len(result.modules)
-            absorbed += result.episodes_absorbed
             echo(f"  {conv.sample_id}: after session {session.number}, {len(result.modules)} module(s) absorbed "
                  f"{result.episodes_absorbed} episodes")
-    return {"turns": sum(len(s.turns) for s in conv.sessions), "sessions": len(conv.sessions), "modules": modules,
-            "absorbed": absorbed, "seconds": round(time.perf_counter() - started, 1)}
+    modules = memory.registry.list(conv.sample_id, AGENT)
+    return {"turns": sum(len(s.turns) for s in conv.sessions), "sessions": last, "modules": len(modules),
+            "absorbed": sum(len(m.episode_ids) for m in modules), "sessions_already_stored": frontier + 1,
+            "seconds": round(time.perf_counter() - started, 1)}
 
 
 def answer_row(memory: Any, conv: Conversation, q: Question, method: str, k: int, max_new_tokens: int) -> dict[str, Any]:
@@ -314,7 +329,6 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
         marker = home / "ingested.json"
         if todo and not marker.exists():
             memory = AgentMemory.open(home, config=memory_config)
-            memory.forget(conv.sample_id, retrain=False)  # a half-ingested home is emptied, never reused
             echo(f"{conv.sample_id}: ingesting {len(conv.sessions)} sessions")
             stats = ingest(memory, conv, consolidate_every, consolidation, echo)
             marker.write_text(json.dumps(stats))

@@ -12,6 +12,7 @@ from agent_memory import AgentMemory
 from agent_memory.config import BackboneConfig, MemoryConfig
 from agent_memory.consolidation import ConsolidationConfig, LoraSettings
 from agent_memory.errors import ValidationError
+from agent_memory.types import Namespace
 from agent_memory.evals.locomo import (
     evidence_recall, load_locomo, normalize_answer, parse_locomo_time, run_locomo, score, token_f1,
 )
@@ -160,15 +161,51 @@ def test_a_run_scores_every_method_consolidates_and_resumes(tmp_path, tiny_model
     run_locomo(data, out, **kwargs)
     assert (out / "answers.jsonl").read_text() == before, "nothing left to do"
 
-    # killed while ingesting: no marker, so the half-made home is emptied and ingested again, nothing twice
+    # killed after ingesting, before the marker: the home goes on from where it was, nothing twice, modules kept
     home = out / "homes" / "conv-t1"
+    modules = {m.id for m in AgentMemory.open(home, config=config).registry.list("conv-t1")}
     (home / "ingested.json").unlink()
     (out / "answers.jsonl").write_text("\n".join(before.splitlines()[:-1]) + "\n")
     rebuilt = run_locomo(data, out, **kwargs)
     assert rebuilt["ingestion"]["conv-t1"]["absorbed"] == 5 and (home / "ingested.json").is_file()
+    assert rebuilt["ingestion"]["conv-t1"]["sessions_already_stored"] == 3, "sessions 1-3 hold turns; 4 is empty"
     memory = AgentMemory.open(home, config=config)
-    assert len(memory.list("conv-t1")) == 5 and len({m.id for m in memory.registry.list("conv-t1")}) == \
-        rebuilt["ingestion"]["conv-t1"]["modules"], "the first ingestion's episodes and modules are gone"
+    assert len(memory.list("conv-t1")) == 5 and {m.id for m in memory.registry.list("conv-t1")} == modules
+
+
+def test_a_killed_ingestion_goes_on_from_its_last_stored_session(tmp_path, tiny_model_dir):
+    from agent_memory.evals.locomo import ingest
+
+    conv = load_locomo(tiny_locomo(tmp_path / "t.json"))[0]
+    memory = AgentMemory.open(tmp_path / "home", config=MemoryConfig(
+        backbone=BackboneConfig(model=str(tiny_model_dir), dtype="float32")))
+    consolidate = memory.consolidate
+    calls: list[int] = []
+
+    def killed_on_the_second(*args, **kwargs):
+        calls.append(len(memory.list("conv-t1")))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed during the consolidation after the last session
+        return consolidate(*args, **kwargs)
+
+    memory.consolidate = killed_on_the_second
+    with pytest.raises(KeyboardInterrupt):
+        ingest(memory, conv, consolidate_every=2, consolidation=FAST, echo=lambda line: None)
+    assert calls == [4, 5], "consolidated after session 2 (4 turns), killed consolidating after the last"
+    first = {m.id for m in memory.registry.list("conv-t1")}
+    assert len(memory.store.pending(Namespace("conv-t1", "locomo"))) == 1, "session 3's turn is pending"
+
+    memory.consolidate = consolidate
+    stats = ingest(memory, conv, consolidate_every=2, consolidation=FAST, echo=lambda line: None)
+    assert stats["sessions_already_stored"] == 3 and len(memory.list("conv-t1")) == 5, "no session added twice"
+    assert first < {m.id for m in memory.registry.list("conv-t1")} and stats["absorbed"] == 5
+    assert not memory.store.pending(Namespace("conv-t1", "locomo")), "the due consolidation ran on resume"
+
+    again = ingest(memory, conv, consolidate_every=2, consolidation=FAST, echo=lambda line: None)
+    assert again["modules"] == stats["modules"], "all stored and absorbed: nothing to do"
+    memory.store.delete([memory.list("conv-t1")[0].id], Namespace("conv-t1", "locomo", "s1"))
+    with pytest.raises(ValidationError, match="conv-t1/locomo/s1.*delete the conversation's folder"):
+        ingest(memory, conv, consolidate_every=2, consolidation=FAST, echo=lambda line: None)
 
 
 def test_cli(tmp_path, tiny_model_dir, cli_runner):
