@@ -230,9 +230,9 @@ def ingest(memory: Any, conv: Conversation, consolidate_every: int = 0, consolid
             result = memory.consolidate(Namespace(conv.sample_id, AGENT), consolidation)
             echo(f"  {conv.sample_id}: after session {session.number}, {len(result.modules)} module(s) absorbed "
                  f"{result.episodes_absorbed} episodes")
-    modules = memory.registry.list(conv.sample_id, AGENT)
-    return {"turns": sum(len(s.turns) for s in conv.sessions), "sessions": last, "modules": len(modules),
-            "absorbed": sum(len(m.episode_ids) for m in modules), "sessions_already_stored": frontier + 1,
+    trained = module_stats(memory.registry, conv.sample_id) or {"modules": 0, "episodes": 0}
+    return {"turns": sum(len(s.turns) for s in conv.sessions), "sessions": last, "modules": trained["modules"],
+            "absorbed": trained["episodes"], "sessions_already_stored": frontier + 1,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
@@ -251,11 +251,9 @@ def answer_row(memory: Any, conv: Conversation, q: Question, method: str, k: int
     }
 
 
-def module_stats(home: Path, sample_id: str) -> dict[str, Any] | None:
+def module_stats(registry: Any, sample_id: str) -> dict[str, Any] | None:
     """What consolidation left in a conversation's home: modules, weak ones, self-test recall, training cost."""
-    from agent_memory.registry import AdapterRegistry
-
-    modules = AdapterRegistry(home / "modules").list(sample_id, AGENT)
+    modules = registry.list(sample_id, AGENT)
     if not modules:
         return None
     return {
@@ -303,6 +301,7 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
     from tqdm.auto import tqdm
 
     from agent_memory.memory import AgentMemory
+    from agent_memory.registry import AdapterRegistry
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -333,7 +332,8 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
             stats = ingest(memory, conv, consolidate_every, consolidation, echo)
             marker.write_text(json.dumps(stats))
         if marker.exists():
-            ingestion[conv.sample_id] = json.loads(marker.read_text()) | {"module_stats": module_stats(home, conv.sample_id)}
+            trained = module_stats(AdapterRegistry(home / "modules"), conv.sample_id)
+            ingestion[conv.sample_id] = json.loads(marker.read_text()) | {"module_stats": trained}
         if not todo:
             continue
         memory = AgentMemory.open(home, config=memory_config)
