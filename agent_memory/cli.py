@@ -323,6 +323,10 @@ def eval_locomo(
     epochs: int = typer.Option(30, "--epochs", help="Most passes over the synthesized QA per module."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="Longest answer."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: the embedded SmolLM2)."),
+    sessions: Optional[int] = typer.Option(None, "--sessions",
+                                           help="Only each conversation's first N sessions, and the questions whose evidence lies in them."),
+    synthesizer: str = typer.Option("template", "--synthesizer",
+                                    help="Consolidation's training QA: template (default) or distill (the backbone reading each turn teaches)."),
 ) -> None:
     """LoCoMo: ingest each conversation with its dates, consolidate, answer by each method, LoCoMo F1 per category."""
     from agent_memory.config import BackboneConfig, MemoryConfig
@@ -333,7 +337,8 @@ def eval_locomo(
     consolidation = ConsolidationConfig(lora=LoraSettings(rank=rank, alpha=2 * rank, max_epochs=epochs))
     run_locomo(data, out, conversations=conversations.split(",") if conversations else None,
                methods=[m for m in methods.split(",") if m], limit=limit, k=k, consolidate_every=consolidate_every,
-               max_new_tokens=max_new_tokens, memory_config=config, consolidation=consolidation, echo=typer.echo)
+               max_new_tokens=max_new_tokens, memory_config=config, consolidation=consolidation, sessions=sessions,
+               synthesizer=synthesizer, echo=typer.echo)
     typer.echo((out / "report.md").read_text().rstrip())
     typer.echo(f"wrote {out / 'summary.json'}, {out / 'report.md'}, {out / 'f1_by_category.png'}, {out / 'answers.jsonl'}")
 

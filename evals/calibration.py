@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 from agent_memory.errors import ValidationError
 from agent_memory.evals.jsonl import read_rows
+from agent_memory.evals.stats import rounded_mean
 from agent_memory.evals.locomo import AGENT, ROUTE_OF, load_locomo
 from agent_memory.router import RouteFeatures, RulePolicy
 
@@ -89,12 +90,12 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         folds.append({
             "held_out": held, "questions": len(test), "fitted_on": [c for c in conversations if c != held],
             "params": fitted.params(),
-            "f1_fitted": _mean([q.get(fitted.decide(f)[0], 0.0) for (f, q), _ in test]),
-            "f1_default": _mean([q.get(RulePolicy().decide(f)[0], 0.0) for (f, q), _ in test]),
+            "f1_fitted": rounded_mean([q.get(fitted.decide(f)[0], 0.0) for (f, q), _ in test], 0.0),
+            "f1_default": rounded_mean([q.get(RulePolicy().decide(f)[0], 0.0) for (f, q), _ in test], 0.0),
             "best_fixed_route": best_route,
-            "f1_best_fixed_route": _mean([q.get(best_route, 0.0) for (_, q), _ in test]),
-            "f1_router_as_run": _mean(with_router) if len(with_router) == len(test) else None,
-            "f1_oracle": _mean([max(q.values()) for (_, q), _ in test]),
+            "f1_best_fixed_route": rounded_mean([q.get(best_route, 0.0) for (_, q), _ in test], 0.0),
+            "f1_router_as_run": rounded_mean(with_router, 0.0) if len(with_router) == len(test) else None,
+            "f1_oracle": rounded_mean([max(q.values()) for (_, q), _ in test], 0.0),
             "routes_fitted": dict(Counter(fitted.decide(f)[0] for (f, _), _ in test)),
         })
     total = sum(f["questions"] for f in folds)
@@ -139,6 +140,3 @@ def calibration_report(summary: dict[str, Any]) -> str:
                  f"{p['f1_best_fixed_route']:.3f} | {ran} | {p['f1_oracle']:.3f} | | |")
     return "\n".join(lines) + "\n"
 
-
-def _mean(values: Sequence[float]) -> float:
-    return round(sum(values) / len(values), 4) if values else 0.0

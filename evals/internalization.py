@@ -39,6 +39,7 @@ from agent_memory.consolidation.distill import DistillingSynthesizer
 from agent_memory.consolidation.synthesis import Synthesizer, TemplateSynthesizer
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, teacher_prompt, train_lora
 from agent_memory.evals.jsonl import append_row, read_rows
+from agent_memory.evals.stats import paired_interval, rounded_mean
 
 METHODS = ("none", "context", "raw", "qa", "distill", "rag", "distill+rag")
 PROBE_METHODS = {"internalization": ("none", "context", "raw", "qa", "distill"),
@@ -276,11 +277,11 @@ def summarize(rows: list[dict[str, Any]], settings: LoraSettings) -> dict[str, A
         levels = sorted({a["level"] for a in answers})
         trained = [r["train"] for r in mine if r["train"]]
         table[m] = {
-            "f1": _mean([a["f1"] for a in answers]), "rouge_l": _mean([a["rouge_l"] for a in answers]),
-            "by_level": {str(lv): {k: _mean([a[k] for a in answers if a["level"] == lv]) for k in ("f1", "rouge_l")}
+            "f1": rounded_mean([a["f1"] for a in answers], 0.0), "rouge_l": rounded_mean([a["rouge_l"] for a in answers], 0.0),
+            "by_level": {str(lv): {k: rounded_mean([a[k] for a in answers if a["level"] == lv], 0.0) for k in ("f1", "rouge_l")}
                          for lv in levels},
-            "train_seconds": _mean([t["seconds"] for t in trained]) if trained else None,
-            "examples": _mean([t["examples"] for t in trained]) if trained else None,
+            "train_seconds": rounded_mean([t["seconds"] for t in trained], 0.0) if trained else None,
+            "examples": rounded_mean([t["examples"] for t in trained], 0.0) if trained else None,
         }
     for m in methods:
         table[m]["by_paper"] = {str(r["paper"]): r["f1"] for r in rows if r["method"] == m and r["paper"] in papers}
@@ -295,10 +296,7 @@ def summarize(rows: list[dict[str, Any]], settings: LoraSettings) -> dict[str, A
 def paired_difference(rows: list[dict[str, Any]], method: str, base: str, papers: Sequence[int]) -> dict[str, float]:
     """Mean F1 of ``method`` minus ``base`` over the same questions, with a normal 95% interval."""
     answers = {(r["paper"], r["method"]): r["answers"] for r in rows if r["paper"] in papers}
-    diffs = [a["f1"] - b["f1"] for p in papers for a, b in zip(answers[(p, method)], answers[(p, base)])]
-    mean = sum(diffs) / len(diffs)
-    sd = (sum((d - mean) ** 2 for d in diffs) / max(1, len(diffs) - 1)) ** 0.5
-    return {"mean": round(mean, 4), "ci95": round(1.96 * sd / len(diffs) ** 0.5, 4), "n": len(diffs)}
+    return paired_interval([a["f1"] - b["f1"] for p in papers for a, b in zip(answers[(p, method)], answers[(p, base)])])
 
 
 def internalization_report(summary: dict[str, Any]) -> str:
@@ -353,6 +351,3 @@ def plot_internalization(summary: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
-
-def _mean(values: Sequence[float]) -> float:
-    return round(sum(values) / len(values), 4) if values else 0.0

@@ -37,12 +37,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 from agent_memory.errors import ValidationError
 from agent_memory.evals.jsonl import append_row, read_rows
+from agent_memory.evals.stats import paired_interval, rounded_mean
 
 METHODS = ("none", "icl", "rag", "adapter", "router")
 ROUTE_OF = {"none": "none", "icl": "icl", "rag": "rag", "adapter": "adapter", "router": None}
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 ABSTENTIONS = ("no information available", "not mentioned")
 AGENT = "locomo"
+SYNTHESIZERS = ("template", "distill")
 
 
 # -- the data ---------------------------------------------------------------------------------------
@@ -152,6 +154,24 @@ def _conversation(sample: Any, n: int) -> Conversation:
     return Conversation(sample_id, speakers, tuple(sessions), tuple(questions))
 
 
+def evidence_sessions(evidence: str) -> list[int]:
+    """The session numbers an evidence entry names: ``D8:6``, and the file's odd ``D:11:26`` or ``D8:6; D9:17``."""
+    return [int(n) for n in re.findall(r"D:?(\d+):\d+", evidence)]
+
+
+def first_sessions(conv: Conversation, n: int) -> Conversation:
+    """The conversation's first ``n`` sessions, and only the questions whose evidence all lies in them.
+
+    A question with no evidence, or evidence that names no session, is dropped: nothing says it is answerable.
+    """
+    if n >= len(conv.sessions):
+        return conv
+    last = conv.sessions[n - 1].number
+    kept = [q for q in conv.questions
+            if q.evidence and all((found := evidence_sessions(e)) and max(found) <= last for e in q.evidence)]
+    return Conversation(conv.sample_id, conv.speakers, conv.sessions[:n], tuple(kept))
+
+
 # -- scoring (the LoCoMo authors' rules) -------------------------------------------------------------
 def normalize_answer(text: str) -> str:
     text = text.replace(",", "").lower()
@@ -258,46 +278,56 @@ def module_stats(registry: Any, sample_id: str) -> dict[str, Any] | None:
         return None
     return {
         "modules": len(modules), "weak": sum(m.weak for m in modules), "episodes": sum(len(m.episode_ids) for m in modules),
-        "recall_mean": _mean([m.recall for m in modules]), "examples": sum(m.examples for m in modules),
+        "recall_mean": rounded_mean([m.recall for m in modules]), "examples": sum(m.examples for m in modules),
         "train_tokens": sum(m.train_tokens for m in modules), "train_seconds": round(sum(m.train_seconds for m in modules), 1),
         "rank": sorted({m.rank for m in modules}), "params_per_module": modules[0].params,
     }
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per method: F1 per category, overall F1 over categories 1-4, adversarial accuracy, recall@k, latency, tokens."""
+    """Per method: F1 per category, overall F1 over categories 1-4, adversarial accuracy, recall@k, latency, tokens,
+    and (when ``none`` ran) the paired F1 difference to ``none`` over the same questions of categories 1-4."""
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         by_method[row["method"]].append(row)
     out = {}
     for method in [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS)):
         mine = by_method[method]
-        per_cat = {CATEGORIES[c]: _mean([r["score"] for r in mine if r["category"] == c]) for c in CATEGORIES}
+        per_cat = {CATEGORIES[c]: rounded_mean([r["score"] for r in mine if r["category"] == c]) for c in CATEGORIES}
         answered = [r for r in mine if r["category"] != 5]
         totals = sorted(sum(r["latency_ms"].values()) for r in mine)
         stages = sorted({s for r in mine for s in r["latency_ms"]})
         out[method] = {
-            "questions": len(mine), "f1": _mean([r["score"] for r in answered]), "by_category": per_cat,
-            "f1_by_conversation": {sid: _mean([r["score"] for r in answered if r["sample_id"] == sid])
+            "questions": len(mine), "f1": rounded_mean([r["score"] for r in answered]), "by_category": per_cat,
+            "f1_by_conversation": {sid: rounded_mean([r["score"] for r in answered if r["sample_id"] == sid])
                                    for sid in sorted({r["sample_id"] for r in answered})},
-            "recall_at_k": _mean([r["recall_at_k"] for r in mine if r["recall_at_k"] is not None]),
-            "prompt_tokens": _mean([r["prompt_tokens"] for r in mine]),
+            "recall_at_k": rounded_mean([r["recall_at_k"] for r in mine if r["recall_at_k"] is not None]),
+            "prompt_tokens": rounded_mean([r["prompt_tokens"] for r in mine]),
             "latency_ms_p50": totals[len(totals) // 2] if totals else None,
-            "stage_ms_mean": {s: _mean([r["latency_ms"].get(s, 0.0) for r in mine]) for s in stages},
+            "stage_ms_mean": {s: rounded_mean([r["latency_ms"].get(s, 0.0) for r in mine]) for s in stages},
             "routes": dict(Counter(r["route"] for r in mine)),
         }
+    base = {(r["sample_id"], r["index"]): r["score"] for r in by_method.get("none", []) if r["category"] != 5}
+    for method in out:
+        paired = [r["score"] - base[key] for r in by_method[method] if (key := (r["sample_id"], r["index"])) in base]
+        if method != "none" and paired:
+            out[method]["f1_vs_none"] = paired_interval(paired)
     return out
 
-
-def _mean(values: Sequence[float]) -> float | None:
-    return round(sum(values) / len(values), 4) if values else None
 
 
 def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str] | None = None,
                methods: Sequence[str] = METHODS, limit: int | None = None, k: int = 5, consolidate_every: int = 0,
                max_new_tokens: int = 32, memory_config: Any = None, consolidation: Any = None,
+               sessions: int | None = None, synthesizer: str = "template",
                progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole eval: ingest, consolidate, answer, score; resumable through ``out``. Returns the summary."""
+    """The whole eval: ingest, consolidate, answer, score; resumable through ``out``. Returns the summary.
+
+    ``sessions`` keeps each conversation's first N sessions and the questions answerable from them
+    (``first_sessions``); ``synthesizer`` picks consolidation's training QA: ``template`` (the product's
+    default) or ``distill`` (the backbone reading each turn teaches the module, ``DistillingSynthesizer``).
+    ``out`` remembers the settings that shape the answers (``run.json``); resuming with others is refused.
+    """
     from tqdm.auto import tqdm
 
     from agent_memory.memory import AgentMemory
@@ -308,6 +338,10 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
         raise ValidationError("methods", f"{unknown or 'none given'} not among {', '.join(METHODS)}", "pick from those")
     if limit is not None and limit < 1:
         raise ValidationError("limit", f"{limit} is not a positive number of questions", "pass --limit 1 or more")
+    if sessions is not None and sessions < 1:
+        raise ValidationError("sessions", f"{sessions} is not a positive number of sessions", "pass --sessions 1 or more")
+    if synthesizer not in SYNTHESIZERS:
+        raise ValidationError("synthesizer", f"{synthesizer!r} is not one of {', '.join(SYNTHESIZERS)}", "pick one of those")
     convs = load_locomo(data)
     if conversations:
         known = {c.sample_id for c in convs}
@@ -315,8 +349,11 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
         if missing:
             raise ValidationError("conversations", f"{missing} not in {Path(data).name}", f"pick from {sorted(known)}")
         convs = [c for c in convs if c.sample_id in set(conversations)]
+    if sessions:
+        convs = [first_sessions(c, sessions) for c in convs]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    recipe = _recipe(data, k, max_new_tokens, sessions, consolidate_every, consolidation, synthesizer, memory_config)
+    _claim(out, recipe)
     answers = out / "answers.jsonl"
     rows = read_rows(answers)
     done = {(r["sample_id"], r["method"], r["index"]) for r in rows}
@@ -328,8 +365,14 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
         marker = home / "ingested.json"
         if todo and not marker.exists():
             memory = AgentMemory.open(home, config=memory_config)
+            if synthesizer == "distill":
+                from agent_memory.consolidation import DistillingSynthesizer
+
+                memory.synthesizer = DistillingSynthesizer(memory.backbone)
             echo(f"{conv.sample_id}: ingesting {len(conv.sessions)} sessions")
             stats = ingest(memory, conv, consolidate_every, consolidation, echo)
+            if getattr(memory.synthesizer, "stats", None):
+                stats["synthesizer_stats"] = dict(memory.synthesizer.stats)
             marker.write_text(json.dumps(stats))
         if marker.exists():
             trained = module_stats(AdapterRegistry(home / "modules"), conv.sample_id)
@@ -343,15 +386,42 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
             rows.append(row)
     wanted = {(c.sample_id, q.index) for c in convs for q in (c.questions[:limit] if limit else c.questions)}
     rows = [r for r in rows if (r["sample_id"], r["index"]) in wanted and r["method"] in methods]
-    summary = {
-        "data": Path(data).name, "conversations": [c.sample_id for c in convs], "methods": list(methods),
-        "limit": limit, "k": k, "consolidate_every": consolidate_every, "max_new_tokens": max_new_tokens,
-        "ingestion": ingestion, "results": summarize(rows),
-    }
+    summary = {"conversations": [c.sample_id for c in convs], "methods": list(methods), "limit": limit} | recipe | {
+        "ingestion": ingestion, "results": summarize(rows)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "report.md").write_text(report(summary))
     plot(summary, out / "f1_by_category.png")
     return summary
+
+
+def _recipe(data: str | Path, k: int, max_new_tokens: int, sessions: int | None, consolidate_every: int,
+            consolidation: Any, synthesizer: str, memory_config: Any) -> dict[str, Any]:
+    """The settings that shape the answers (the training ones only when the run consolidates), as JSON values."""
+    from dataclasses import asdict
+
+    backbone = memory_config.backbone.model if memory_config is not None else None
+    recipe: dict[str, Any] = {"data": Path(data).name, "k": k, "max_new_tokens": max_new_tokens, "sessions": sessions,
+                              "consolidate_every": consolidate_every, "backbone": backbone}
+    if consolidate_every:
+        lora = asdict(consolidation.lora) if consolidation is not None else None
+        recipe |= {"synthesizer": synthesizer, "lora": lora}
+    return json.loads(json.dumps(recipe))
+
+
+def _claim(out: Path, recipe: dict[str, Any]) -> None:
+    """Create ``out`` for this recipe, or check that the run it holds was made with the same one."""
+    made = out / "run.json"
+    if made.is_file():
+        before = json.loads(made.read_text())
+        changed = sorted(key for key in recipe.keys() | before.keys() if before.get(key) != recipe.get(key))
+        if changed:
+            was = ", ".join(f"{key}={before.get(key)!r}" for key in changed)
+            now = ", ".join(f"{key}={recipe.get(key)!r}" for key in changed)
+            raise ValidationError("out", f"{out} holds a run made with {was}; this one asks {now}",
+                                  "pass the same settings to resume it, or a new --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    made.write_text(json.dumps(recipe, indent=2))
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -382,12 +452,16 @@ def report(summary: dict[str, Any]) -> str:
     lines = [f"# LoCoMo on {summary['data']} ({', '.join(summary['conversations'])})", "",
              f"k={summary['k']}, consolidation "
              f"{'after every %d session(s)' % summary['consolidate_every'] if summary['consolidate_every'] else 'never'}, "
-             f"limit {summary['limit'] or 'none'}, max {summary['max_new_tokens']} new tokens", "",
-             "| method | questions | F1 (1-4) | " + " | ".join(cats) + " | adversarial | recall@k | prompt tokens | p50 ms |",
-             "|---|---:|---:|" + "---:|" * (len(cats) + 4)]
+             f"limit {summary['limit'] or 'none'}, max {summary['max_new_tokens']} new tokens"
+             + (f", first {summary['sessions']} sessions" if summary.get("sessions") else "")
+             + (f", {summary['synthesizer']} QA, {summary['lora']['max_epochs']} epochs at most" if summary.get("lora") else ""), "",
+             "| method | questions | F1 (1-4) | vs none (95% CI) | " + " | ".join(cats)
+             + " | adversarial | recall@k | prompt tokens | p50 ms |",
+             "|---|---:|---:|---:|" + "---:|" * (len(cats) + 4)]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for method, r in summary["results"].items():
-        lines.append(f"| {method} | {r['questions']} | {fmt(r['f1'])} | " + " | ".join(fmt(r['by_category'][c]) for c in cats)
+        vs = f"{r['f1_vs_none']['mean']:+.3f} +- {r['f1_vs_none']['ci95']:.3f}" if "f1_vs_none" in r else "-"
+        lines.append(f"| {method} | {r['questions']} | {fmt(r['f1'])} | {vs} | " + " | ".join(fmt(r['by_category'][c]) for c in cats)
                      + f" | {fmt(r['by_category']['adversarial'])} | {fmt(r['recall_at_k'])} | "
                      f"{r['prompt_tokens'] or 0:.0f} | {r['latency_ms_p50'] or 0:.0f} |")
     trained = {sid: i["module_stats"] for sid, i in summary.get("ingestion", {}).items() if i.get("module_stats")}

@@ -14,7 +14,8 @@ from agent_memory.consolidation import ConsolidationConfig, LoraSettings
 from agent_memory.errors import ValidationError
 from agent_memory.types import Namespace
 from agent_memory.evals.locomo import (
-    evidence_recall, load_locomo, normalize_answer, parse_locomo_time, run_locomo, score, token_f1,
+    evidence_recall, evidence_sessions, first_sessions, load_locomo, normalize_answer, parse_locomo_time, run_locomo,
+    score, token_f1,
 )
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev5.json"
@@ -122,6 +123,22 @@ def test_bad_arguments(tmp_path):
         run_locomo(data, tmp_path / "out", conversations=["conv-99"], methods=["rag"], echo=lambda line: None)
     with pytest.raises(ValidationError, match="not a file"):
         run_locomo(tmp_path / "missing.json", tmp_path / "out", echo=lambda line: None)
+    with pytest.raises(ValidationError, match="sessions"):
+        run_locomo(data, tmp_path / "out", sessions=0, echo=lambda line: None)
+    with pytest.raises(ValidationError, match="synthesizer.*template, distill"):
+        run_locomo(data, tmp_path / "out", synthesizer="oracle", echo=lambda line: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_first_sessions_keep_only_the_questions_answerable_from_them(tmp_path):
+    conv = load_locomo(tiny_locomo(tmp_path / "t.json"))[0]
+    two = first_sessions(conv, 2)
+    assert [s.number for s in two.sessions] == [1, 2]
+    assert [q.index for q in two.questions] == [1, 2, 3, 4], "the multi-hop question needs session 3"
+    assert first_sessions(conv, 3) is conv and first_sessions(conv, 9) is conv
+    # the dev file's odd evidence entries still name their sessions
+    assert evidence_sessions("D8:6; D9:17") == [8, 9] and evidence_sessions("D:11:26") == [11]
+    assert evidence_sessions("D9:1 D4:4 D4:6") == [9, 4, 4] and evidence_sessions("somewhere") == []
 
 
 # -- a run ------------------------------------------------------------------------------------------
@@ -147,6 +164,9 @@ def test_a_run_scores_every_method_consolidates_and_resumes(tmp_path, tiny_model
     results = summary["results"]
     assert results["rag"]["questions"] == 5 and set(results["rag"]["by_category"]) >= {"multi-hop", "adversarial"}
     assert results["rag"]["f1_by_conversation"] == {"conv-t1": results["rag"]["f1"]}
+    vs_none = results["rag"]["f1_vs_none"]
+    assert vs_none["n"] == 4 and vs_none["mean"] == pytest.approx(results["rag"]["f1"] - results["none"]["f1"], abs=2e-4)
+    assert "f1_vs_none" not in results["none"] and f"| {vs_none['mean']:+.3f} +- " in (out / "report.md").read_text()
     assert "| rag | 5 |" in (out / "report.md").read_text() and (out / "f1_by_category.png").stat().st_size > 1000
 
     # a killed run: the last answers are missing; a rerun redoes only those
@@ -206,6 +226,26 @@ def test_a_killed_ingestion_goes_on_from_its_last_stored_session(tmp_path, tiny_
     memory.store.delete([memory.list("conv-t1")[0].id], Namespace("conv-t1", "locomo", "s1"))
     with pytest.raises(ValidationError, match="conv-t1/locomo/s1.*delete the conversation's folder"):
         ingest(memory, conv, consolidate_every=2, consolidation=FAST, echo=lambda line: None)
+
+
+def test_a_distilled_run_on_the_first_sessions_and_a_resume_with_other_settings_is_refused(tmp_path, tiny_model_dir):
+    data, out = tiny_locomo(tmp_path / "t.json"), tmp_path / "out"
+    config = MemoryConfig(backbone=BackboneConfig(model=str(tiny_model_dir), dtype="float32"))
+    kwargs = dict(methods=["adapter"], consolidate_every=2, memory_config=config, consolidation=FAST, max_new_tokens=4,
+                  sessions=2, progress=False, echo=lambda line: None)
+    summary = run_locomo(data, out, synthesizer="distill", **kwargs)
+    ingested = summary["ingestion"]["conv-t1"]
+    assert ingested["turns"] == 4 and ingested["absorbed"] == 4, "sessions 1 and 2 only"
+    assert ingested["synthesizer_stats"]["teacher_answers"] > 0, "the backbone reading each turn wrote the answers"
+    assert summary["results"]["adapter"]["questions"] == 4 and summary["synthesizer"] == "distill"
+    assert "first 2 sessions, distill QA" in (out / "report.md").read_text()
+    before = (out / "answers.jsonl").read_text()
+    with pytest.raises(ValidationError, match=r"out.*synthesizer='distill'.*synthesizer='template'.*new --out"):
+        run_locomo(data, out, synthesizer="template", **kwargs)
+    with pytest.raises(ValidationError, match=r"sessions=2.*sessions=None"):
+        run_locomo(data, out, synthesizer="distill", **(kwargs | {"sessions": None}))
+    assert (out / "answers.jsonl").read_text() == before
+    assert run_locomo(data, out, synthesizer="distill", **kwargs)["results"] == summary["results"], "the same run resumes"
 
 
 def test_cli(tmp_path, tiny_model_dir, cli_runner):
