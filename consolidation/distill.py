@@ -9,7 +9,8 @@ student (backbone + LoRA, question only) to the teacher's next-token distributio
 answer (``trainer.teacher_targets``). Negative questions (no episode) keep their fixed answer.
 
 Teacher answers are generated once per (context, question) and cached: ``Consolidator.plan``
-synthesizes each episode once for sizing and again for training.
+synthesizes each episode once for sizing and again for training. The self-test's held-out probes get
+the teacher's answers as well, so a module is tested against what it was taught.
 """
 
 from __future__ import annotations
@@ -54,8 +55,18 @@ class DistillingSynthesizer:
         self.synthesize(episodes)
 
     def synthesize(self, episodes: Sequence[Episode]) -> list[QAExample]:
+        return self._taught(episodes, self.base.synthesize(episodes))
+
+    def probes(self, episodes: Sequence[Episode]) -> list[QAExample]:
+        """The base's held-out paraphrases, answered by the teacher too: the self-test then asks whether the
+        module answers a question it never saw as the backbone reading the turn would, the target it was
+        trained to. (Scored against the turn's own words instead, a module that learned the teacher's
+        phrasing well would look weak.)"""
+        return self._taught(episodes, self.base.probes(episodes))
+
+    def _taught(self, episodes: Sequence[Episode], examples: list[QAExample]) -> list[QAExample]:
+        """``examples`` with the teacher's answer (and its context) for each one tied to an episode of ``episodes``."""
         contexts = {e.id: self.context(e) for e in episodes}
-        examples = self.base.synthesize(episodes)
         todo = sorted({(contexts[ex.episode_id], ex.question) for ex in examples
                        if ex.episode_id in contexts and (contexts[ex.episode_id], ex.question) not in self._answers})
         if todo:
@@ -73,7 +84,3 @@ class DistillingSynthesizer:
                 self.stats["empty_kept_base"] += bool(key[0])
                 out.append(ex)
         return out
-
-    def probes(self, episodes: Sequence[Episode]) -> list[QAExample]:
-        """The base's held-out paraphrases, scored against the episode's own words."""
-        return self.base.probes(episodes)

@@ -104,6 +104,12 @@ def test_distilling_synthesizer_answers_with_the_teacher_once_and_keeps_negative
     assert [e for e in first if not e.episode_id] == [e for e in base if not e.episode_id], "negatives untouched"
     assert synth.stats["teacher_answers"] == calls[0]
 
+    probes = synth.probes(episodes)
+    base_probes = TemplateSynthesizer().probes(episodes)
+    assert [p.question for p in probes] == [p.question for p in base_probes] and len(calls) == 2
+    assert all(p.context == dated_turn(episodes[0]) and p.kind == "probe" for p in probes), "the teacher answered them"
+    assert synth.stats["teacher_answers"] == calls[0] + calls[1]
+
 
 @pytest.mark.parametrize("rank,given,expected", [(4, None, 2e-3), (16, None, 2e-3), (64, None, 5e-4), (64, 1e-3, 1e-3)])
 def test_learning_rate_scales_down_above_rank_16_unless_given(rank, given, expected):
