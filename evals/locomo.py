@@ -315,7 +315,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-
 def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str] | None = None,
                methods: Sequence[str] = METHODS, limit: int | None = None, k: int = 5, consolidate_every: int = 0,
                max_new_tokens: int = 32, memory_config: Any = None, consolidation: Any = None,
