@@ -325,6 +325,8 @@ def eval_locomo(
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Backbone (default: the embedded SmolLM2)."),
     sessions: Optional[int] = typer.Option(None, "--sessions",
                                            help="Only each conversation's first N sessions, and the questions whose evidence lies in them."),
+    tokens_per_rank: int = typer.Option(64, "--tokens-per-rank", min=1,
+                                        help="Module size: answer tokens one module holds per unit of rank (r=16 x 64 = 1024)."),
     synthesizer: str = typer.Option("template", "--synthesizer",
                                     help="Consolidation's training QA: template (default) or distill (the backbone reading each turn teaches)."),
 ) -> None:
@@ -334,7 +336,8 @@ def eval_locomo(
     from agent_memory.evals.locomo import run_locomo
 
     config = MemoryConfig(backbone=BackboneConfig(model=backbone)) if backbone else MemoryConfig()
-    consolidation = ConsolidationConfig(lora=LoraSettings(rank=rank, alpha=2 * rank, max_epochs=epochs))
+    consolidation = ConsolidationConfig(lora=LoraSettings(rank=rank, alpha=2 * rank, max_epochs=epochs),
+                                        answer_tokens_per_rank=tokens_per_rank)
     run_locomo(data, out, conversations=conversations.split(",") if conversations else None,
                methods=[m for m in methods.split(",") if m], limit=limit, k=k, consolidate_every=consolidate_every,
                max_new_tokens=max_new_tokens, memory_config=config, consolidation=consolidation, sessions=sessions,

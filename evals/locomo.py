@@ -402,8 +402,7 @@ def _recipe(data: str | Path, k: int, max_new_tokens: int, sessions: int | None,
     recipe: dict[str, Any] = {"data": Path(data).name, "k": k, "max_new_tokens": max_new_tokens, "sessions": sessions,
                               "consolidate_every": consolidate_every, "backbone": backbone}
     if consolidate_every:
-        lora = asdict(consolidation.lora) if consolidation is not None else None
-        recipe |= {"synthesizer": synthesizer, "lora": lora}
+        recipe |= {"synthesizer": synthesizer, "consolidation": asdict(consolidation) if consolidation is not None else None}
     return json.loads(json.dumps(recipe))
 
 
@@ -445,6 +444,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _module_recipe(consolidation: dict[str, Any]) -> str:
+    lora = consolidation["lora"]
+    return (f"r={lora['rank']} modules of at most {lora['rank'] * consolidation['answer_tokens_per_rank']} answer tokens, "
+            f"{lora['max_epochs']} epochs at most")
+
+
 def report(summary: dict[str, Any]) -> str:
     """The summary as a markdown table, a row per method."""
     cats = [CATEGORIES[c] for c in (1, 2, 3, 4)]
@@ -453,7 +458,7 @@ def report(summary: dict[str, Any]) -> str:
              f"{'after every %d session(s)' % summary['consolidate_every'] if summary['consolidate_every'] else 'never'}, "
              f"limit {summary['limit'] or 'none'}, max {summary['max_new_tokens']} new tokens"
              + (f", first {summary['sessions']} sessions" if summary.get("sessions") else "")
-             + (f", {summary['synthesizer']} QA, {summary['lora']['max_epochs']} epochs at most" if summary.get("lora") else ""), "",
+             + (f", {summary['synthesizer']} QA, {_module_recipe(summary['consolidation'])}" if summary.get("consolidation") else ""), "",
              "| method | questions | F1 (1-4) | vs none (95% CI) | " + " | ".join(cats)
              + " | adversarial | recall@k | prompt tokens | p50 ms |",
              "|---|---:|---:|---:|" + "---:|" * (len(cats) + 4)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -238,12 +239,15 @@ def test_a_distilled_run_on_the_first_sessions_and_a_resume_with_other_settings_
     assert ingested["turns"] == 4 and ingested["absorbed"] == 4, "sessions 1 and 2 only"
     assert ingested["synthesizer_stats"]["teacher_answers"] > 0, "the backbone reading each turn wrote the answers"
     assert summary["results"]["adapter"]["questions"] == 4 and summary["synthesizer"] == "distill"
-    assert "first 2 sessions, distill QA" in (out / "report.md").read_text()
+    assert "first 2 sessions, distill QA, r=4 modules of at most 256 answer tokens, 2 epochs" in (out / "report.md").read_text()
     before = (out / "answers.jsonl").read_text()
     with pytest.raises(ValidationError, match=r"out.*synthesizer='distill'.*synthesizer='template'.*new --out"):
         run_locomo(data, out, synthesizer="template", **kwargs)
     with pytest.raises(ValidationError, match=r"sessions=2.*sessions=None"):
         run_locomo(data, out, synthesizer="distill", **(kwargs | {"sessions": None}))
+    bigger = replace(FAST, answer_tokens_per_rank=512)
+    with pytest.raises(ValidationError, match=r"consolidation=.*'answer_tokens_per_rank': 64.*'answer_tokens_per_rank': 512"):
+        run_locomo(data, out, synthesizer="distill", **(kwargs | {"consolidation": bigger}))
     assert (out / "answers.jsonl").read_text() == before
     assert run_locomo(data, out, synthesizer="distill", **kwargs)["results"] == summary["results"], "the same run resumes"
 
