@@ -418,8 +418,10 @@ def _claim(out: Path, recipe: dict[str, Any]) -> None:
             raise ValidationError("out", f"{out} holds a run made with {was}; this one asks {now}",
                                   "pass the same settings to resume it, or a new --out")
         return
+    from agent_memory.consolidation.bench import save_json  # atomic: a kill never leaves half a run.json
+
     out.mkdir(parents=True, exist_ok=True)
-    made.write_text(json.dumps(recipe, indent=2))
+    save_json(made, recipe)
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
