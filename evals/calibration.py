@@ -21,13 +21,12 @@ from the router's real answers; both are reported. Routes no method measured sco
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from agent_memory.errors import ValidationError
-from agent_memory.evals.jsonl import read_rows
+from agent_memory.evals.jsonl import read_rows, write_json
 from agent_memory.evals.stats import rounded_mean
 from agent_memory.evals.locomo import AGENT, ROUTE_OF, load_locomo
 from agent_memory.router import RouteFeatures, RulePolicy
@@ -112,7 +111,7 @@ def run_calibration(data: str | Path, results: str | Path, k: int = 5,
     summary = leave_one_out(route_samples(data, results, k, echo))
     summary["k"] = k
     results = Path(results)
-    (results / "calibration.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(results / "calibration.json", summary)
     (results / "calibration.md").write_text(calibration_report(summary))
     return summary
 

@@ -38,7 +38,7 @@ from agent_memory.consolidation.consolidator import normalize, token_f1
 from agent_memory.consolidation.distill import DistillingSynthesizer
 from agent_memory.consolidation.synthesis import Synthesizer, TemplateSynthesizer
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, teacher_prompt, train_lora
-from agent_memory.evals.jsonl import append_row, read_rows
+from agent_memory.evals.jsonl import append_row, read_rows, write_json
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
 METHODS = ("none", "context", "raw", "qa", "distill", "rag", "distill+rag")
@@ -260,7 +260,7 @@ def run_internalization_probe(
     summary["probe"] = probe
     summary["paired"] = {f"{a} - {b}": paired_difference(chosen, a, b, summary["papers"])
                          for a, b in COMPARISONS.get(probe, ()) if {a, b} <= set(summary["methods"])}
-    (out / f"{probe}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / f"{probe}.json", summary)
     (out / f"{probe}.md").write_text(internalization_report(summary))
     plot_internalization(summary, out / f"{probe}.png")
     return summary

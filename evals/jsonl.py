@@ -1,4 +1,4 @@
-"""Append-only JSON-lines result logs that survive a kill: how the evals resume."""
+"""Result files that survive a kill: append-only JSON-lines logs (how the evals resume) and atomic JSON."""
 
 from __future__ import annotations
 
@@ -24,9 +24,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             continue
     clean = "".join(json.dumps(r) + "\n" for r in rows)
     if text != clean:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(clean, encoding="utf-8")
-        tmp.replace(path)
+        _replace(path, clean)
     return rows
 
 
@@ -34,3 +32,14 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     """Append one finished result as a line of its own."""
     with path.open("a", encoding="utf-8") as sink:
         sink.write(json.dumps(row) + "\n")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` to ``path`` atomically: a kill leaves the previous file, never half of one."""
+    _replace(path, json.dumps(value, indent=2) + "\n")
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from agent_memory.errors import ValidationError
-from agent_memory.evals.jsonl import append_row, read_rows
+from agent_memory.evals.jsonl import append_row, read_rows, write_json
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
 METHODS = ("none", "icl", "rag", "adapter", "router")
@@ -372,7 +372,7 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
             stats = ingest(memory, conv, consolidate_every, consolidation, echo)
             if getattr(memory.synthesizer, "stats", None):
                 stats["synthesizer_stats"] = dict(memory.synthesizer.stats)
-            marker.write_text(json.dumps(stats))
+            write_json(marker, stats)  # atomic: a torn marker would block every resume
         if marker.exists():
             trained = module_stats(AdapterRegistry(home / "modules"), conv.sample_id)
             ingestion[conv.sample_id] = json.loads(marker.read_text()) | {"module_stats": trained}
@@ -387,7 +387,7 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
     rows = [r for r in rows if (r["sample_id"], r["index"]) in wanted and r["method"] in methods]
     summary = {"conversations": [c.sample_id for c in convs], "methods": list(methods), "limit": limit} | recipe | {
         "ingestion": ingestion, "results": summarize(rows)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report(summary))
     plot(summary, out / "f1_by_category.png")
     return summary
@@ -418,10 +418,8 @@ def _claim(out: Path, recipe: dict[str, Any]) -> None:
             raise ValidationError("out", f"{out} holds a run made with {was}; this one asks {now}",
                                   "pass the same settings to resume it, or a new --out")
         return
-    from agent_memory.consolidation.bench import save_json  # atomic: a kill never leaves half a run.json
-
     out.mkdir(parents=True, exist_ok=True)
-    save_json(made, recipe)
+    write_json(made, recipe)
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:

@@ -10,7 +10,7 @@ from agent_memory.errors import ValidationError
 from agent_memory.evals.internalization import (
     SentenceRetriever, load_paperqa, neighbourhood, paper_episodes, raw_chunks, rouge_l, sentences, training_examples,
 )
-from agent_memory.evals.jsonl import append_row, read_rows
+from agent_memory.evals.jsonl import append_row, read_rows, write_json
 
 INTRO = ("Maria moved to Lisbon in 2021. Her dog Biscuit likes the city. The MCTD planner uses guidance levels "
          "(as meta-actions). It beats Diffuser on mazes! Who knew?")
@@ -132,3 +132,20 @@ def test_result_log_drops_a_line_cut_short_and_appends_on_a_fresh_line(tmp_path)
     assert read_rows(log) == [{"a": 1}] and log.read_text() == '{"a": 1}\n'
     append_row(log, {"a": 3})
     assert read_rows(log) == [{"a": 1}, {"a": 3}]
+
+
+def test_a_json_result_cut_off_mid_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    marker = tmp_path / "ingested.json"
+    write_json(marker, {"absorbed": 5})
+    real_write = Path.write_text
+
+    def disk_full(self, text, *args, **kwargs):
+        real_write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError):
+        write_json(marker, {"absorbed": 6})
+    assert json.loads(marker.read_text()) == {"absorbed": 5}
