@@ -361,6 +361,24 @@ def eval_calibrate(
     typer.echo(f"wrote {results / 'calibration.json'}, {results / 'calibration.md'}")
 
 
+@eval_app.command("compare")
+def eval_compare(
+    first: Path = typer.Option(..., "--first", help="The --out folder of one `eval locomo` run (the baseline)."),
+    second: Path = typer.Option(..., "--second", help="The --out folder of another run on the same data."),
+    categories: str = typer.Option("1,2,3,4", "--categories", help="LoCoMo categories to score (1 multi-hop .. 5 adversarial)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON here."),
+) -> None:
+    """Two LoCoMo runs question by question: F1 per method and the paired difference with a 95% interval."""
+    from agent_memory.evals.jsonl import write_json
+    from agent_memory.evals.locomo import compare_runs, comparison_report
+
+    comparison = compare_runs(first, second, [_index("--categories", c) for c in categories.split(",")])
+    typer.echo(comparison_report(comparison).rstrip())
+    if json_out:
+        write_json(json_out, comparison)
+        typer.echo(f"wrote {json_out}")
+
+
 @eval_app.command("paper")
 def eval_paper(
     probe: str = typer.Option(..., "--probe",

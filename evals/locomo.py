@@ -393,6 +393,60 @@ def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str
     return summary
 
 
+def compare_runs(first: str | Path, second: str | Path, categories: Sequence[int] = (1, 2, 3, 4)) -> dict[str, Any]:
+    """Two finished runs, question by question: per method both ran, F1 of each over the questions both
+    answered (of ``categories``) and the paired difference second minus first with its 95% interval.
+
+    The settings that differ between the two ``run.json`` recipes are listed, so the table says what was
+    changed. Questions are paired by conversation and index and must be the same text in both runs.
+    """
+    wrong = [c for c in categories if c not in CATEGORIES]
+    if wrong or not categories:
+        raise ValidationError("--categories", f"{wrong or 'none'} are not LoCoMo categories", "pick from 1,2,3,4,5")
+    runs = {}
+    for option, folder in (("--first", Path(first)), ("--second", Path(second))):
+        rows = read_rows(folder / "answers.jsonl")
+        if not rows:
+            raise ValidationError(option, f"{folder / 'answers.jsonl'} holds no answers",
+                                  "pass the --out folder of an `agent-memory eval locomo` run")
+        recipe = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        runs[option] = ({(r["method"], r["sample_id"], r["index"]): r for r in rows if r["category"] in categories}, recipe)
+    (a, recipe_a), (b, recipe_b) = runs["--first"], runs["--second"]
+    methods = {m for m, _, _ in a} & {m for m, _, _ in b}
+    if not methods:
+        raise ValidationError("--second", "the two runs share no method on these categories",
+                              "compare runs that answered with the same --methods")
+    result: dict[str, Any] = {
+        "first": str(first), "second": str(second), "categories": list(categories),
+        "changed": {key: {"first": recipe_a.get(key), "second": recipe_b.get(key)}
+                    for key in sorted(recipe_a.keys() | recipe_b.keys()) if recipe_a.get(key) != recipe_b.get(key)},
+        "methods": {}}
+    for method in [m for m in METHODS if m in methods] + sorted(methods - set(METHODS)):
+        keys = sorted(key for key in a.keys() & b.keys() if key[0] == method)
+        for key in keys:
+            if a[key]["question"] != b[key]["question"]:
+                raise ValidationError("--second", f"question {key[2]} of {key[1]} is {b[key]['question']!r} here but "
+                                      f"{a[key]['question']!r} in the first run", "compare runs made on the same data file")
+        if keys:
+            result["methods"][method] = {
+                "questions": len(keys), "first": rounded_mean([a[k]["score"] for k in keys]),
+                "second": rounded_mean([b[k]["score"] for k in keys]),
+                "second_minus_first": paired_interval([b[k]["score"] - a[k]["score"] for k in keys])}
+    return result
+
+
+def comparison_report(comparison: dict[str, Any]) -> str:
+    """The comparison as a markdown table, a row per method, with the settings that changed."""
+    cats = ", ".join(CATEGORIES[c] for c in comparison["categories"])
+    lines = [f"# {comparison['second']} vs {comparison['first']}", "", f"F1 over {cats}, paired by question.", ""]
+    lines += [f"- {key}: {v['first']!r} -> {v['second']!r}" for key, v in comparison["changed"].items()] or ["- same recipe"]
+    lines += ["", "| method | questions | first F1 | second F1 | second - first (95% CI) |", "|---|---:|---:|---:|---:|"]
+    for method, r in comparison["methods"].items():
+        d = r["second_minus_first"]
+        lines.append(f"| {method} | {r['questions']} | {r['first']:.3f} | {r['second']:.3f} | {d['mean']:+.3f} +- {d['ci95']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
 def _recipe(data: str | Path, k: int, max_new_tokens: int, sessions: int | None, consolidate_every: int,
             consolidation: Any, synthesizer: str, memory_config: Any) -> dict[str, Any]:
     """The settings that shape the answers (the training ones only when the run consolidates), as JSON values."""

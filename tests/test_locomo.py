@@ -15,8 +15,8 @@ from agent_memory.consolidation import ConsolidationConfig, LoraSettings
 from agent_memory.errors import ValidationError
 from agent_memory.types import Namespace
 from agent_memory.evals.locomo import (
-    evidence_recall, evidence_sessions, first_sessions, load_locomo, normalize_answer, parse_locomo_time, run_locomo,
-    score, token_f1,
+    compare_runs, comparison_report, evidence_recall, evidence_sessions, first_sessions, load_locomo, normalize_answer,
+    parse_locomo_time, run_locomo, score, token_f1,
 )
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev5.json"
@@ -252,6 +252,45 @@ def test_a_distilled_run_on_the_first_sessions_and_a_resume_with_other_settings_
     assert run_locomo(data, out, synthesizer="distill", **kwargs)["results"] == summary["results"], "the same run resumes"
 
 
+def _finished_run(folder: Path, recipe: dict, scores: dict) -> Path:
+    """An answers.jsonl of (method, index, category) -> score, with the run.json recipe beside it."""
+    from agent_memory.evals.jsonl import append_row, write_json
+
+    folder.mkdir()
+    write_json(folder / "run.json", recipe)
+    for (method, index, category), value in scores.items():
+        append_row(folder / "answers.jsonl", {"sample_id": "conv-t1", "method": method, "index": index, "category": category,
+                                              "question": f"question {index}?", "score": value})
+    return folder
+
+
+def test_two_runs_are_compared_question_by_question(tmp_path):
+    first = _finished_run(tmp_path / "a", {"k": 5, "synthesizer": "template"},
+                          {("rag", 0, 1): 0.0, ("rag", 1, 4): 0.5, ("rag", 2, 2): 1.0, ("adapter", 0, 1): 0.2,
+                           ("none", 0, 1): 0.1})
+    second = _finished_run(tmp_path / "b", {"k": 5, "synthesizer": "distill"},
+                           {("rag", 0, 1): 1.0, ("rag", 1, 4): 0.5, ("rag", 2, 2): 0.0, ("rag", 3, 4): 1.0,
+                            ("adapter", 0, 1): 0.4})
+    both = compare_runs(first, second)
+    assert list(both["methods"]) == ["rag", "adapter"], "only the methods both runs answered"
+    rag = both["methods"]["rag"]
+    assert rag["questions"] == 3, "question 3 was answered by the second run only"
+    assert (rag["first"], rag["second"], rag["second_minus_first"]["mean"]) == (0.5, 0.5, 0.0)
+    assert both["changed"] == {"synthesizer": {"first": "template", "second": "distill"}}
+    content = compare_runs(first, second, categories=[1, 4])["methods"]["rag"]
+    assert content["questions"] == 2 and content["second_minus_first"]["mean"] == 0.5
+    table = comparison_report(compare_runs(first, second, categories=[1, 4]))
+    assert "- synthesizer: 'template' -> 'distill'" in table and "| rag | 2 | 0.250 | 0.750 | +0.500 +- 0.980 |" in table
+    with pytest.raises(ValidationError, match="categories.*pick from"):
+        compare_runs(first, second, categories=[6])
+    other = _finished_run(tmp_path / "c", {}, {("rag", 0, 1): 1.0})
+    (other / "answers.jsonl").write_text((other / "answers.jsonl").read_text().replace("question 0?", "another?"))
+    with pytest.raises(ValidationError, match="question 0 of conv-t1 is 'another\\?'.*same data file"):
+        compare_runs(first, other)
+    with pytest.raises(ValidationError, match="first.*holds no answers"):
+        compare_runs(tmp_path / "missing", second)
+
+
 def test_cli(tmp_path, tiny_model_dir, cli_runner):
     data, out = tiny_locomo(tmp_path / "t.json"), tmp_path / "out"
     code, printed, err = cli_runner(tmp_path / "home")(
@@ -259,6 +298,11 @@ def test_cli(tmp_path, tiny_model_dir, cli_runner):
         "--backbone", str(tiny_model_dir), "--max-new-tokens", "4")
     assert code == 0, err
     assert "| rag | 2 |" in printed and (out / "summary.json").is_file()
+    code, printed, err = cli_runner(tmp_path / "home")("eval", "compare", "--first", str(out), "--second", str(out),
+                                                       "--json", str(tmp_path / "same.json"))
+    assert code == 0, err
+    assert "- same recipe" in printed and "| rag | 2 |" in printed and "+0.000 +- 0.000 |" in printed
+    assert json.loads((tmp_path / "same.json").read_text())["methods"]["rag"]["questions"] == 2
     code, _, err = cli_runner(tmp_path / "home")("eval", "locomo", "--data", str(data), "--methods", "psychic",
                                                  "--out", str(tmp_path / "o2"))
     assert code == 2 and err.startswith("error: methods")
