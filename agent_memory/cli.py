@@ -329,13 +329,16 @@ def eval_locomo(
                                         help="Module size: answer tokens one module holds per unit of rank (r=16 x 64 = 1024)."),
     synthesizer: str = typer.Option("template", "--synthesizer",
                                     help="Consolidation's training QA: template (default) or distill (the backbone reading each turn teaches)."),
+    min_module_recall: Optional[float] = typer.Option(None, "--min-module-recall",
+                                                      help="Trust modules whose self-test recall is at least this (default: not weak; 0 trusts all)."),
 ) -> None:
     """LoCoMo: ingest each conversation with its dates, consolidate, answer by each method, LoCoMo F1 per category."""
-    from agent_memory.config import BackboneConfig, MemoryConfig
+    from agent_memory.config import BackboneConfig, MemoryConfig, RouterConfig
     from agent_memory.consolidation import ConsolidationConfig, LoraSettings
     from agent_memory.evals.locomo import run_locomo
 
-    config = MemoryConfig(backbone=BackboneConfig(model=backbone)) if backbone else MemoryConfig()
+    config = MemoryConfig(router=RouterConfig(min_module_recall=min_module_recall),
+                          **({"backbone": BackboneConfig(model=backbone)} if backbone else {}))
     consolidation = ConsolidationConfig(lora=LoraSettings(rank=rank, alpha=2 * rank, max_epochs=epochs),
                                         answer_tokens_per_rank=tokens_per_rank)
     run_locomo(data, out, conversations=conversations.split(",") if conversations else None,

@@ -132,9 +132,15 @@ class RouterConfig:
     """Retrieved episodes scoring below this cosine similarity are not evidence (features count only the rest)."""
     relevance_margin: float = 0.1
     """Nor are episodes scoring more than this below the best one: weak side matches do not pull in other routes."""
+    min_module_recall: float | None = None
+    """Distrust modules whose self-test recall is below this. None: each module's own ``weak`` mark (set against
+    consolidation's ``recall_floor`` when it was trained). Retunes trust without retraining; 0.0 trusts all."""
 
     def __post_init__(self) -> None:
         require_positive_int(self, "max_modules", "recent_turns")
+        if self.min_module_recall is not None and not 0 <= self.min_module_recall <= 1:
+            raise ConfigError("min_module_recall", f"{self.min_module_recall!r} is out of range",
+                              "use a recall in [0, 1], or None to follow each module's weak mark")
         if not -1 <= self.min_score <= 1:
             raise ConfigError("min_score", f"{self.min_score!r} is out of range", "use a cosine similarity in [-1, 1]")
         if not 0 <= self.relevance_margin <= 2:

@@ -8,7 +8,8 @@ activate, evidence for the prompt, and a sentence saying why.
 
 Module selection follows retrieval provenance first (the top episodes -> the modules that
 absorbed them), with the modules' centroid embeddings as a fallback for questions retrieval
-misses. Weak modules (self-test recall under the floor) are never trusted.
+misses. Weak modules (self-test recall under the floor) are never trusted; ``RouterConfig.min_module_recall``
+moves that floor at query time.
 Policies register themselves by name (:func:`register_policy`) and can be fitted on
 labelled examples (:meth:`Policy.fit`).
 """
@@ -232,7 +233,8 @@ class Router:
         started = time.perf_counter()
         modules, centroids = self._module_table(namespace)
         by_id = {m.id: m for m in modules}
-        trusted = {m.id for m in modules if not m.weak}
+        floor = self.config.min_module_recall
+        trusted = {m.id for m in modules if (not m.weak if floor is None else m.recall >= floor)}
         # the margin is measured from the best episode that is not itself a question: an agent records every
         # turn, so asking again finds the earlier asking at cosine ~1.0, which holds no answer and would
         # otherwise push the statement that does below the margin

@@ -453,8 +453,11 @@ def _recipe(data: str | Path, k: int, max_new_tokens: int, sessions: int | None,
     from dataclasses import asdict
 
     backbone = memory_config.backbone.model if memory_config is not None else None
+    floor = memory_config.router.min_module_recall if memory_config is not None else None
     recipe: dict[str, Any] = {"data": Path(data).name, "k": k, "max_new_tokens": max_new_tokens, "sessions": sessions,
                               "consolidate_every": consolidate_every, "backbone": backbone}
+    if floor is not None:  # recorded only when set, so the runs made before the option still resume
+        recipe["min_module_recall"] = floor
     if consolidate_every:
         recipe |= {"synthesizer": synthesizer, "consolidation": asdict(consolidation) if consolidation is not None else None}
     return json.loads(json.dumps(recipe))
@@ -512,6 +515,8 @@ def report(summary: dict[str, Any]) -> str:
              f"{'after every %d session(s)' % summary['consolidate_every'] if summary['consolidate_every'] else 'never'}, "
              f"limit {summary['limit'] or 'none'}, max {summary['max_new_tokens']} new tokens"
              + (f", first {summary['sessions']} sessions" if summary.get("sessions") else "")
+             + (f", modules trusted from self-test recall {summary['min_module_recall']}"
+                if summary.get("min_module_recall") is not None else "")
              + (f", {summary['synthesizer']} QA, {_module_recipe(summary['consolidation'])}" if summary.get("consolidation") else ""), "",
              "| method | questions | F1 (1-4) | vs none (95% CI) | " + " | ".join(cats)
              + " | adversarial | recall@k | prompt tokens | p50 ms |",

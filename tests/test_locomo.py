@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent_memory import AgentMemory
-from agent_memory.config import BackboneConfig, MemoryConfig
+from agent_memory.config import BackboneConfig, MemoryConfig, RouterConfig
 from agent_memory.consolidation import ConsolidationConfig, LoraSettings
 from agent_memory.errors import ValidationError
 from agent_memory.types import Namespace
@@ -250,6 +251,16 @@ def test_a_distilled_run_on_the_first_sessions_and_a_resume_with_other_settings_
         run_locomo(data, out, synthesizer="distill", **(kwargs | {"consolidation": bigger}))
     assert (out / "answers.jsonl").read_text() == before
     assert run_locomo(data, out, synthesizer="distill", **kwargs)["results"] == summary["results"], "the same run resumes"
+    strict = replace(config, router=RouterConfig(min_module_recall=1.0))
+    with pytest.raises(ValidationError, match=r"min_module_recall=None.*min_module_recall=1.0"):
+        run_locomo(data, out, synthesizer="distill", **(kwargs | {"memory_config": strict}))
+    # the same modules answered again under another trust floor: a copy of the folder without its answers
+    again = tmp_path / "strict"
+    shutil.copytree(out, again, ignore=shutil.ignore_patterns("answers.jsonl", "run.json", "summary.json"))
+    rerun = run_locomo(data, again, synthesizer="distill", **(kwargs | {"memory_config": strict}))
+    assert rerun["ingestion"] == summary["ingestion"], "nothing was trained again"
+    assert rerun["results"]["adapter"]["routes"] == {"none": 4}, "the tiny model's modules recall under 1.0: none trusted"
+    assert "modules trusted from self-test recall 1.0" in (again / "report.md").read_text()
 
 
 def _finished_run(folder: Path, recipe: dict, scores: dict) -> Path:

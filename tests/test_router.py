@@ -134,6 +134,24 @@ def test_weak_module_is_distrusted(memory):
     assert "1 weak module(s) distrusted" in answer.reason
 
 
+def test_the_trust_floor_can_be_moved_at_query_time_without_retraining(tmp_path, embedder, tiny):
+    def memory_trusting(floor):
+        config = MemoryConfig(home=str(tmp_path / f"home-{floor}"), router=RouterConfig(min_module_recall=floor))
+        return AgentMemory(EpisodicStore.in_memory(embedder), tiny, config)
+
+    question = "What is the name of Maria's dog?"
+    lenient = memory_trusting(0.1)
+    weak = make_module(lenient, [add(lenient, DOG, OLD, 0)], recall=0.1, weak=True)
+    answer = lenient.answer(question, NOW, k=1)
+    assert answer.route.startswith("adapter") and answer.modules == [weak.id], "recall 0.1 meets a 0.1 floor"
+    strict = memory_trusting(0.9)
+    make_module(strict, [add(strict, DOG, OLD, 0)], recall=0.8, weak=False)
+    answer = strict.answer(question, NOW, k=1)
+    assert answer.route == "rag" and "1 weak module(s) distrusted" in answer.reason, "0.8 is under a 0.9 floor"
+    with pytest.raises(ConfigError, match="min_module_recall"):
+        RouterConfig(min_module_recall=1.5)
+
+
 def test_low_recall_module_is_backed_by_retrieval(memory):
     dog = add(memory, DOG, OLD, 0)
     info = make_module(memory, [dog], recall=0.6)
