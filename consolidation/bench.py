@@ -147,6 +147,8 @@ def run_capacity(
              f"training cannot pass {results['ceiling']['tokens_per_second']:.0f} tokens/s here")
     if previous and previous.get("settings") == recipe and previous.get("backbone") == backbone.name:
         results["runs"] = list(previous.get("runs", []))
+        if "baseline" in previous:  # until this run measures its own, so a kill mid-grid does not drop it
+            results["baseline"] = previous["baseline"]
     for load in loads:
         train, evals, chars = load_phonebook(data_dir, load)
         slice_tokens = sum(backbone.count_tokens(f"Question: {q.question} Answer: {q.answer}") for q in train)

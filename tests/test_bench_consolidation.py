@@ -60,8 +60,10 @@ def test_benchmark_keeps_runs_made_with_the_same_settings(slice_dir, tiny_model_
                          on_run=lambda r: saved.append(json.loads(json.dumps(r))))
     assert saved and saved[-1]["runs"] == first["runs"], "results are handed out after each run"
     lines: list[str] = []
+    handed: list[dict] = []
     again = run_capacity(slice_dir, ["1K"], [2, 4], max_epochs=2, echo=lines.append, backbone_config=config,
-                         previous=first)
+                         previous=first, on_run=lambda r: handed.append(json.loads(json.dumps(r))))
+    assert handed[0]["baseline"] == first["baseline"], "a kill before this run's own baseline keeps the previous one"
     assert again["runs"][0] == first["runs"][0] and "[1K r=2] kept from the previous results" in lines
     assert [r["rank"] for r in again["runs"]] == [2, 4]
     other = run_capacity(slice_dir, ["1K"], [2], max_epochs=3, echo=lines.append, backbone_config=config, previous=first)
