@@ -409,7 +409,7 @@ def compare_runs(first: str | Path, second: str | Path, categories: Sequence[int
         if not rows:
             raise ValidationError(option, f"{folder / 'answers.jsonl'} holds no answers",
                                   "pass the --out folder of an `agent-memory eval locomo` run")
-        recipe = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+        recipe = _flat(json.loads((folder / "run.json").read_text())) if (folder / "run.json").is_file() else {}
         runs[option] = ({(r["method"], r["sample_id"], r["index"]): r for r in rows if r["category"] in categories}, recipe)
     (a, recipe_a), (b, recipe_b) = runs["--first"], runs["--second"]
     methods = {m for m, _, _ in a} & {m for m, _, _ in b}
@@ -433,6 +433,17 @@ def compare_runs(first: str | Path, second: str | Path, categories: Sequence[int
                 "second": rounded_mean([b[k]["score"] for k in keys]),
                 "second_minus_first": paired_interval([b[k]["score"] - a[k]["score"] for k in keys])}
     return result
+
+
+def _flat(recipe: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys (``consolidation.lora.rank``), so a comparison names just the one that changed."""
+    flat: dict[str, Any] = {}
+    for key, value in recipe.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def comparison_report(comparison: dict[str, Any]) -> str:

@@ -276,10 +276,10 @@ def _finished_run(folder: Path, recipe: dict, scores: dict) -> Path:
 
 
 def test_two_runs_are_compared_question_by_question(tmp_path):
-    first = _finished_run(tmp_path / "a", {"k": 5, "synthesizer": "template"},
+    first = _finished_run(tmp_path / "a", {"k": 5, "synthesizer": "template", "consolidation": {"lora": {"rank": 16}}},
                           {("rag", 0, 1): 0.0, ("rag", 1, 4): 0.5, ("rag", 2, 2): 1.0, ("adapter", 0, 1): 0.2,
                            ("none", 0, 1): 0.1})
-    second = _finished_run(tmp_path / "b", {"k": 5, "synthesizer": "distill"},
+    second = _finished_run(tmp_path / "b", {"k": 5, "synthesizer": "distill", "consolidation": {"lora": {"rank": 4}}},
                            {("rag", 0, 1): 1.0, ("rag", 1, 4): 0.5, ("rag", 2, 2): 0.0, ("rag", 3, 4): 1.0,
                             ("adapter", 0, 1): 0.4})
     both = compare_runs(first, second)
@@ -287,7 +287,8 @@ def test_two_runs_are_compared_question_by_question(tmp_path):
     rag = both["methods"]["rag"]
     assert rag["questions"] == 3, "question 3 was answered by the second run only"
     assert (rag["first"], rag["second"], rag["second_minus_first"]["mean"]) == (0.5, 0.5, 0.0)
-    assert both["changed"] == {"synthesizer": {"first": "template", "second": "distill"}}
+    assert both["changed"] == {"consolidation.lora.rank": {"first": 16, "second": 4},
+                               "synthesizer": {"first": "template", "second": "distill"}}, "only the settings that changed"
     content = compare_runs(first, second, categories=[1, 4])["methods"]["rag"]
     assert content["questions"] == 2 and content["second_minus_first"]["mean"] == 0.5
     table = comparison_report(compare_runs(first, second, categories=[1, 4]))
