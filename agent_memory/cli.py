@@ -372,7 +372,7 @@ def eval_compare(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON here."),
 ) -> None:
     """Two LoCoMo runs question by question: F1 per method and the paired difference with a 95% interval."""
-    from agent_memory.evals.jsonl import write_json
+    from agent_memory.atomic import write_json
     from agent_memory.evals.locomo import compare_runs, comparison_report
 
     comparison = compare_runs(first, second, [_index("--categories", c) for c in categories.split(",")])

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
+from agent_memory.atomic import write_json
 from agent_memory.errors import AgentMemoryError, NotFoundError, ValidationError
 from agent_memory.types import check_id
 
@@ -243,12 +244,7 @@ class AdapterRegistry:
     def _write(self, user_id: str, agent_id: str, modules: list[ModuleInfo]) -> None:
         folder = self._dir(user_id, agent_id)
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".manifest-", dir=folder)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"modules": [m.to_dict() for m in modules]}, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / "manifest.json")
+        write_json(folder / "manifest.json", {"modules": [m.to_dict() for m in modules]}, indent=1)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

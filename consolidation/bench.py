@@ -19,6 +19,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from agent_memory.atomic import write_json
 from agent_memory.backbone import Backbone
 from agent_memory.config import BackboneConfig
 from agent_memory.errors import ValidationError
@@ -193,17 +194,10 @@ def run_capacity(
 def run_capacity_saved(path: Path | None, *args: Any, **kwargs: Any) -> dict[str, Any]:
     """``run_capacity`` that keeps ``path``'s finished runs and rewrites it after every run (no path: neither)."""
     previous = json.loads(path.read_text()) if path and path.is_file() else None
-    results = run_capacity(*args, previous=previous, on_run=(lambda r: save_json(path, r)) if path else None, **kwargs)
+    results = run_capacity(*args, previous=previous, on_run=(lambda r: write_json(path, r)) if path else None, **kwargs)
     if path:
-        save_json(path, results)
+        write_json(path, results)
     return results
-
-
-def save_json(path: Path, value: Any) -> None:
-    """Replace ``path`` atomically: a killed writer leaves the previous file, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
 
 
 def plot(results: dict[str, Any], out: Path) -> None:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from agent_memory.errors import ValidationError
-from agent_memory.evals.jsonl import read_rows, write_json
+from agent_memory.atomic import write_json
+from agent_memory.evals.jsonl import read_rows
 from agent_memory.evals.stats import rounded_mean
 from agent_memory.evals.locomo import AGENT, ROUTE_OF, load_locomo
 from agent_memory.router import RouteFeatures, RulePolicy

@@ -38,7 +38,8 @@ from agent_memory.consolidation.consolidator import normalize, token_f1
 from agent_memory.consolidation.distill import DistillingSynthesizer
 from agent_memory.consolidation.synthesis import Synthesizer, TemplateSynthesizer
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, teacher_prompt, train_lora
-from agent_memory.evals.jsonl import append_row, read_rows, write_json
+from agent_memory.atomic import write_json
+from agent_memory.evals.jsonl import append_row, read_rows
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
 METHODS = ("none", "context", "raw", "qa", "distill", "rag", "distill+rag")

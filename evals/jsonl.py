@@ -1,10 +1,12 @@
-"""Result files that survive a kill: append-only JSON-lines logs (how the evals resume) and atomic JSON."""
+"""Append-only JSON-lines result logs that survive a kill: how the evals resume."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 from typing import Any
+
+from agent_memory.atomic import write_text
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -24,7 +26,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             continue
     clean = "".join(json.dumps(r) + "\n" for r in rows)
     if text != clean:
-        _replace(path, clean)
+        write_text(path, clean)
     return rows
 
 
@@ -33,13 +35,3 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as sink:
         sink.write(json.dumps(row) + "\n")
 
-
-def write_json(path: Path, value: Any) -> None:
-    """Write ``value`` to ``path`` atomically: a kill leaves the previous file, never half of one."""
-    _replace(path, json.dumps(value, indent=2) + "\n")
-
-
-def _replace(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

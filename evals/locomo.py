@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from agent_memory.errors import ValidationError
-from agent_memory.evals.jsonl import append_row, read_rows, write_json
+from agent_memory.atomic import write_json
+from agent_memory.evals.jsonl import append_row, read_rows
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
 METHODS = ("none", "icl", "rag", "adapter", "router")

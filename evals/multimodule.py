@@ -43,7 +43,8 @@ from agent_memory.embedder import OnnxEmbedder
 from agent_memory.errors import ValidationError
 from agent_memory.registry import AdapterRegistry, ModuleInfo
 
-from agent_memory.consolidation.bench import PHONEBOOK_LINE, save_json
+from agent_memory.atomic import write_json
+from agent_memory.consolidation.bench import PHONEBOOK_LINE
 from agent_memory.consolidation.consolidator import mean_vector
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, teacher_prompt, train_lora
 
@@ -256,7 +257,7 @@ def run_multimodule_probe(
         echo(f"[{probe} {name}] exact match {row['exact_match']:.3f}, contains {row['contains']:.3f}, "
              f"digits {row['digits']:.3f}"
              + (f", routed right {row['routing_accuracy']:.3f}" if "routing_accuracy" in row else ""))
-    save_json(out / f"{probe}.json", results)
+    write_json(out / f"{probe}.json", results)
     (out / f"{probe}.md").write_text(multimodule_report(results))
     plot_multimodule(results, out / f"{probe}.png")
     return results

@@ -10,7 +10,8 @@ from agent_memory.errors import ValidationError
 from agent_memory.evals.internalization import (
     SentenceRetriever, load_paperqa, neighbourhood, paper_episodes, raw_chunks, rouge_l, sentences, training_examples,
 )
-from agent_memory.evals.jsonl import append_row, read_rows, write_json
+from agent_memory.atomic import write_json
+from agent_memory.evals.jsonl import append_row, read_rows
 
 INTRO = ("Maria moved to Lisbon in 2021. Her dog Biscuit likes the city. The MCTD planner uses guidance levels "
          "(as meta-actions). It beats Diffuser on mazes! Who knew?")
@@ -135,17 +136,16 @@ def test_result_log_drops_a_line_cut_short_and_appends_on_a_fresh_line(tmp_path)
 
 
 def test_a_json_result_cut_off_mid_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
-    from pathlib import Path
+    import agent_memory.atomic
 
     marker = tmp_path / "ingested.json"
     write_json(marker, {"absorbed": 5})
-    real_write = Path.write_text
 
-    def disk_full(self, text, *args, **kwargs):
-        real_write(self, text[: len(text) // 2], *args, **kwargs)
+    def disk_full(fd):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", disk_full)
+    monkeypatch.setattr(agent_memory.atomic.os, "fsync", disk_full)
     with pytest.raises(OSError):
         write_json(marker, {"absorbed": 6})
     assert json.loads(marker.read_text()) == {"absorbed": 5}
+    assert [p.name for p in tmp_path.iterdir()] == ["ingested.json"], "the temp file is removed"

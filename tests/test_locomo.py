@@ -265,7 +265,8 @@ def test_a_distilled_run_on_the_first_sessions_and_a_resume_with_other_settings_
 
 def _finished_run(folder: Path, recipe: dict, scores: dict) -> Path:
     """An answers.jsonl of (method, index, category) -> score, with the run.json recipe beside it."""
-    from agent_memory.evals.jsonl import append_row, write_json
+    from agent_memory.atomic import write_json
+    from agent_memory.evals.jsonl import append_row
 
     folder.mkdir()
     write_json(folder / "run.json", recipe)
