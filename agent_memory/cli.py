@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -313,8 +313,9 @@ app.add_typer(eval_app, name="eval")
 def eval_locomo(
     data: Path = typer.Option(..., "--data", help="A file in the locomo10.json schema (../shared/data/locomo/locomo_dev5.json)."),
     conversations: Optional[str] = typer.Option(None, "--conversations", help="Comma-separated sample ids (default: all)."),
-    methods: str = typer.Option(",".join(("none", "icl", "rag", "adapter", "router")), "--methods",
-                                help="Comma-separated: none, icl, rag, adapter, router."),
+    methods: str = typer.Option("none,icl,rag,adapter,router", "--methods",
+                                help="Comma-separated routes forced (none, icl, rag, adapter, adapter+rag, adapter+icl) "
+                                     "and router (the policy picks)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Only the first N questions of each conversation."),
     out: Path = typer.Option(Path("evals/results/locomo"), "--out", help="Results folder (answers.jsonl, summary.json, report.md, homes/); a rerun resumes."),
     k: int = typer.Option(5, "-k", help="Episodes retrieved per question."),
@@ -352,16 +353,19 @@ def eval_locomo(
 @eval_app.command("calibrate")
 def eval_calibrate(
     data: Path = typer.Option(..., "--data", help="The LoCoMo JSON the run answered (../shared/data/locomo/locomo_dev5.json)."),
-    results: Path = typer.Option(Path("evals/results/locomo_dev"), "--results",
-                                 help="The --out folder of a finished `eval locomo` run (answers.jsonl, homes/)."),
-    k: int = typer.Option(5, "--k", min=1, help="Episodes retrieved per question (the run's --k)."),
+    results: List[Path] = typer.Option([Path("evals/results/locomo_dev")], "--results",
+                                       help="The --out folder of a finished `eval locomo` run (answers.jsonl, homes/); "
+                                            "repeat it to pool runs, a conversation in one of them only."),
+    k: Optional[int] = typer.Option(None, "--k", min=1, help="Episodes retrieved per question (default: each run's -k)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where calibration.json/.md go (default: the one --results folder)."),
 ) -> None:
     """Fit the router policy on all conversations but one and score it on that one, for each in turn."""
     from agent_memory.evals.calibration import run_calibration
 
-    run_calibration(data, results, k, echo=typer.echo)
-    typer.echo((results / "calibration.md").read_text().rstrip())
-    typer.echo(f"wrote {results / 'calibration.json'}, {results / 'calibration.md'}")
+    run_calibration(data, results, k, out, echo=typer.echo)  # several --results without --out: refused there
+    out = out or results[0]
+    typer.echo((out / "calibration.md").read_text().rstrip())
+    typer.echo(f"wrote {out / 'calibration.json'}, {out / 'calibration.md'}")
 
 
 @eval_app.command("compare")

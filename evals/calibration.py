@@ -1,12 +1,15 @@
 """Router calibration on LoCoMo: fit the routing policy on some conversations, report it on the others.
 
 ``agent-memory eval calibrate`` reads a finished ``eval locomo`` run (its ``answers.jsonl`` and the
-memory homes it ingested) and, for every question of categories 1-4:
+memory homes it ingested), or several (one per consolidated conversation, each made in its own
+sitting), and, for every question of categories 1-4:
 
 * recomputes the router's features from that home (retrieval only; no generation), exactly as the
-  ``router`` method saw them when it answered from the conversation's last session;
+  ``router`` method saw them when it answered from the conversation's last session (the run's own
+  ``--sessions``, ``-k`` and trust floor, from its ``run.json``);
 * takes the quality of each route from the forced-route methods of the same run (``none``, ``icl``,
-  ``rag``, and ``adapter`` when it ran): the LoCoMo F1 of the answer that route gave.
+  ``rag``, and ``adapter``, ``adapter+rag``, ``adapter+icl`` when they ran): the LoCoMo F1 of the
+  answer that route gave.
 
 Leave one conversation out: the policy (:class:`agent_memory.router.RulePolicy`, grid search of its
 thresholds) is fitted on the other conversations and scored on the held-out one by the quality of
@@ -26,20 +29,45 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from agent_memory.errors import ValidationError
-from agent_memory.atomic import write_json
+from agent_memory.atomic import write_json, write_text
 from agent_memory.evals.jsonl import read_rows
 from agent_memory.evals.stats import rounded_mean
-from agent_memory.evals.locomo import AGENT, ROUTE_OF, load_locomo
+from agent_memory.evals.locomo import AGENT, ROUTE_OF, first_sessions, load_locomo, read_recipe
 from agent_memory.router import RouteFeatures, RulePolicy
 
 
-def route_samples(data: str | Path, results: str | Path, k: int = 5,
+def route_samples(data: str | Path, results: str | Path | Sequence[str | Path], k: int | None = None,
                   echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """One record per answered question (categories 1-4): conversation, features, quality per route, router's score."""
+    """One record per answered question (categories 1-4): conversation, features, quality per route, router's score.
+
+    ``results`` is one finished run's ``--out`` folder or several (say, one per consolidated conversation);
+    each is read with its own ``run.json`` settings (``--sessions``, ``-k``), and a conversation may be in one only.
+    ``k`` overrides the runs' own (for runs made before ``run.json``; default 5 there).
+    """
+    folders = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
+    if not folders:
+        raise ValidationError("--results", "no folder given", "pass the --out folder of a finished `agent-memory eval locomo` run")
+    samples: list[dict[str, Any]] = []
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        recipe = read_recipe(folder)
+        run_k = k or recipe.get("k") or 5
+        found = _run_samples(data, folder, recipe, run_k, echo)
+        for conversation in sorted({s["conversation"] for s in found}):
+            if conversation in seen:
+                raise ValidationError("--results", f"{conversation} was answered in both {seen[conversation]} and {folder}",
+                                      "pass each conversation's run once (leave one out holds out a conversation)")
+            seen[conversation] = folder
+        samples += found
+    return samples
+
+
+def _run_samples(data: str | Path, results: Path, recipe: dict[str, Any], k: int,
+                 echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    from agent_memory.config import MemoryConfig, RouterConfig
     from agent_memory.memory import AgentMemory
     from agent_memory.types import Namespace
 
-    results = Path(results)
     rows = read_rows(results / "answers.jsonl")
     if not rows:
         raise ValidationError("--results", f"{results / 'answers.jsonl'} holds no answers",
@@ -54,6 +82,7 @@ def route_samples(data: str | Path, results: str | Path, k: int = 5,
             router[key] = r
     samples = []
     for conv in load_locomo(data):
+        conv = first_sessions(conv, recipe["sessions"]) if recipe.get("sessions") else conv
         asked = [q for q in conv.questions if q.category != 5 and (conv.sample_id, q.index) in quality]
         home = results / "homes" / conv.sample_id
         if not asked:
@@ -61,7 +90,9 @@ def route_samples(data: str | Path, results: str | Path, k: int = 5,
         if not (home / "ingested.json").is_file():
             raise ValidationError("--results", f"{home} is missing or was not fully ingested",
                                   "rerun `agent-memory eval locomo` with the same --out to finish it")
-        memory = AgentMemory.open(home)
+        # the run's trust floor, as its router saw the modules (the backbone is not needed: retrieval only)
+        floor = RouterConfig(min_module_recall=recipe.get("min_module_recall"))
+        memory = AgentMemory.open(home, config=MemoryConfig(router=floor))
         ns = Namespace(conv.sample_id, AGENT, f"s{conv.sessions[-1].number}")
         for q in asked:
             features = memory.router.decide(q.question, ns, k).features
@@ -69,7 +100,7 @@ def route_samples(data: str | Path, results: str | Path, k: int = 5,
             samples.append({"conversation": conv.sample_id, "index": q.index, "features": features.to_dict(),
                             "quality": quality[(conv.sample_id, q.index)], "router": ran and ran["score"],
                             "route_as_run": ran and ran["route"]})
-        echo(f"{conv.sample_id}: features of {len(asked)} questions")
+        echo(f"{conv.sample_id}: features of {len(asked)} questions ({results})")
     return samples
 
 
@@ -106,14 +137,23 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"conversations": conversations, "questions": total, "folds": folds, "pooled": pooled}
 
 
-def run_calibration(data: str | Path, results: str | Path, k: int = 5,
-                    echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Features, leave-one-conversation-out fit, then ``calibration.json`` and ``calibration.md`` in ``results``."""
-    summary = leave_one_out(route_samples(data, results, k, echo))
+def run_calibration(data: str | Path, results: str | Path | Sequence[str | Path], k: int | None = None,
+                    out: str | Path | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Features, leave-one-conversation-out fit, then ``calibration.json`` and ``calibration.md`` in ``out``.
+
+    ``out`` defaults to the run's folder when there is one run; with several it must be given.
+    """
+    folders = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
+    if out is None and len(folders) != 1:
+        raise ValidationError("--out", f"is needed with {len(folders)} --results folders",
+                              "pass --out DIR for calibration.json and calibration.md")
+    summary = leave_one_out(route_samples(data, folders, k, echo))
     summary["k"] = k
-    results = Path(results)
-    write_json(results / "calibration.json", summary)
-    (results / "calibration.md").write_text(calibration_report(summary))
+    summary["runs"] = [str(f) for f in folders]
+    out = Path(out) if out is not None else folders[0]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "calibration.json", summary)
+    write_text(out / "calibration.md", calibration_report(summary))
     return summary
 
 

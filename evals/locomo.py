@@ -40,8 +40,10 @@ from agent_memory.atomic import write_json
 from agent_memory.evals.jsonl import append_row, read_rows
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
-METHODS = ("none", "icl", "rag", "adapter", "router")
-ROUTE_OF = {"none": "none", "icl": "icl", "rag": "rag", "adapter": "adapter", "router": None}
+DEFAULT_METHODS = ("none", "icl", "rag", "adapter", "router")
+METHODS = ("none", "icl", "rag", "adapter", "adapter+rag", "adapter+icl", "router")
+"""Every route forced (the hybrids too, for calibrating among them), and ``router``: the policy picks."""
+ROUTE_OF = {m: m for m in METHODS} | {"router": None}
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 ABSTENTIONS = ("no information available", "not mentioned")
 AGENT = "locomo"
@@ -317,7 +319,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_locomo(data: str | Path, out: str | Path, *, conversations: Sequence[str] | None = None,
-               methods: Sequence[str] = METHODS, limit: int | None = None, k: int = 5, consolidate_every: int = 0,
+               methods: Sequence[str] = DEFAULT_METHODS, limit: int | None = None, k: int = 5, consolidate_every: int = 0,
                max_new_tokens: int = 32, memory_config: Any = None, consolidation: Any = None,
                sessions: int | None = None, synthesizer: str = "template",
                progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -410,7 +412,7 @@ def compare_runs(first: str | Path, second: str | Path, categories: Sequence[int
         if not rows:
             raise ValidationError(option, f"{folder / 'answers.jsonl'} holds no answers",
                                   "pass the --out folder of an `agent-memory eval locomo` run")
-        recipe = _flat(json.loads((folder / "run.json").read_text())) if (folder / "run.json").is_file() else {}
+        recipe = _flat(read_recipe(folder))
         runs[option] = ({(r["method"], r["sample_id"], r["index"]): r for r in rows if r["category"] in categories}, recipe)
     (a, recipe_a), (b, recipe_b) = runs["--first"], runs["--second"]
     methods = {m for m, _, _ in a} & {m for m, _, _ in b}
@@ -475,11 +477,27 @@ def _recipe(data: str | Path, k: int, max_new_tokens: int, sessions: int | None,
     return json.loads(json.dumps(recipe))
 
 
+def read_recipe(out: str | Path) -> dict[str, Any]:
+    """The settings a run in ``out`` was made with (its ``run.json``); {} for a run made before it existed."""
+    made = Path(out) / "run.json"
+    if not made.is_file():
+        return {}
+    try:
+        recipe = json.loads(made.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError("run.json", f"{made} is not JSON ({exc})",
+                              "restore it from git, or start the run again in a new --out") from exc
+    if not isinstance(recipe, dict):
+        raise ValidationError("run.json", f"{made} holds {type(recipe).__name__}, not the run's settings",
+                              "restore it from git, or start the run again in a new --out")
+    return recipe
+
+
 def _claim(out: Path, recipe: dict[str, Any]) -> None:
     """Create ``out`` for this recipe, or check that the run it holds was made with the same one."""
     made = out / "run.json"
     if made.is_file():
-        before = json.loads(made.read_text())
+        before = read_recipe(out)
         changed = sorted(key for key in recipe.keys() | before.keys() if before.get(key) != recipe.get(key))
         if changed:
             was = ", ".join(f"{key}={before.get(key)!r}" for key in changed)

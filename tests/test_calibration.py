@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -41,11 +42,16 @@ def test_fitted_thresholds_come_from_the_other_conversations_only():
         leave_one_out(a)
 
 
-def test_a_finished_run_is_calibrated_from_its_own_homes(tmp_path, tiny_model_dir, cli_runner):
-    data = tiny_locomo(tmp_path / "t.json")
+def two_conversations(path):
+    data = tiny_locomo(path)
     samples = json.loads(data.read_text())
     samples.append({**samples[0], "sample_id": "conv-t2"})
     data.write_text(json.dumps(samples))
+    return data
+
+
+def test_a_finished_run_is_calibrated_from_its_own_homes(tmp_path, tiny_model_dir, cli_runner):
+    data = two_conversations(tmp_path / "t.json")
     out = tmp_path / "out"
     config = MemoryConfig(backbone=BackboneConfig(model=str(tiny_model_dir), dtype="float32"))
     run_locomo(data, out, methods=["none", "icl", "rag", "router"], memory_config=config, max_new_tokens=4,
@@ -65,3 +71,34 @@ def test_a_finished_run_is_calibrated_from_its_own_homes(tmp_path, tiny_model_di
 
     code, _, err = cli_runner(tmp_path / "home")("eval", "calibrate", "--data", str(data), "--results", str(tmp_path / "x"))
     assert code == 2 and "--results" in err
+
+
+def test_runs_of_different_conversations_are_pooled_each_read_with_its_own_settings(tmp_path, tiny_model_dir, cli_runner):
+    # say conv-t1 was consolidated in one sitting on its first 2 sessions, conv-t2 in another: two --out folders
+    data = two_conversations(tmp_path / "t.json")
+    config = MemoryConfig(backbone=BackboneConfig(model=str(tiny_model_dir), dtype="float32"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    kwargs = dict(methods=["none", "icl", "rag", "router"], memory_config=config, max_new_tokens=4, progress=False,
+                  echo=lambda line: None)
+    run_locomo(data, first, conversations=["conv-t1"], sessions=2, k=3, **kwargs)
+    run_locomo(data, second, conversations=["conv-t2"], **kwargs)
+    found = route_samples(data, [first, second], echo=lambda line: None)
+    assert Counter(s["conversation"] for s in found) == {"conv-t1": 3, "conv-t2": 4}, \
+        "conv-t1: the questions of categories 1-4 answerable from sessions 1-2"
+    # features as each router saw them: in session 2 (the recent turns hold the Lisbon turn), with k=3
+    assert [RulePolicy().decide(RouteFeatures(**s["features"]))[0] for s in found] == [s["route_as_run"] for s in found]
+    assert "icl" in [s["route_as_run"] for s in found if s["conversation"] == "conv-t1"]
+
+    run = cli_runner(tmp_path / "home")
+    code, _, err = run("eval", "calibrate", "--data", str(data), "--results", str(first), "--results", str(second))
+    assert code == 2 and "--out" in err, "two runs: where the calibration goes must be said"
+    code, _, err = run("eval", "calibrate", "--data", str(data), "--results", str(first), "--results", str(first),
+                       "--out", str(tmp_path / "cal"))
+    assert code == 2 and "answered in both" in err and not (tmp_path / "cal").exists()
+    code, printed, err = run("eval", "calibrate", "--data", str(data), "--results", str(first), "--results", str(second),
+                             "--out", str(tmp_path / "cal"))
+    assert code == 0, err
+    summary = json.loads((tmp_path / "cal" / "calibration.json").read_text())
+    assert [f["held_out"] for f in summary["folds"]] == ["conv-t1", "conv-t2"] and summary["questions"] == 7
+    assert summary["runs"] == [str(first), str(second)] and "| **all** | 7 |" in printed
+    assert not (first / "calibration.json").exists() and not (second / "calibration.json").exists()

@@ -17,7 +17,7 @@ from agent_memory.errors import ValidationError
 from agent_memory.types import Namespace
 from agent_memory.evals.locomo import (
     compare_runs, comparison_report, evidence_recall, evidence_sessions, first_sessions, load_locomo, normalize_answer,
-    parse_locomo_time, run_locomo, score, token_f1,
+    parse_locomo_time, read_recipe, run_locomo, score, token_f1,
 )
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "locomo" / "locomo_dev5.json"
@@ -194,6 +194,16 @@ def test_a_run_scores_every_method_consolidates_and_resumes(tmp_path, tiny_model
     memory = AgentMemory.open(home, config=config)
     assert len(memory.list("conv-t1")) == 5 and {m.id for m in memory.registry.list("conv-t1")} == modules
 
+    # a hybrid route forced later (for calibrating among adapter routes): only its answers are added
+    hybrid = run_locomo(data, out, **(kwargs | {"methods": kwargs["methods"] + ["adapter+rag"]}))
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(rows) == 25 and [r["prediction"] for r in rows[:20]] == [json.loads(x)["prediction"] for x in before.splitlines()]
+    by = {(r["method"], r["index"]): r for r in rows}
+    assert all(by[("adapter+rag", i)]["route"] == "adapter+rag" and by[("adapter+rag", i)]["modules"] for i in range(5))
+    assert all(by[("adapter+rag", i)]["prompt_tokens"] > by[("adapter", i)]["prompt_tokens"] for i in range(5)), \
+        "the modules hold every episode, so retrieval backs them up with what it found"
+    assert list(hybrid["results"]) == ["none", "rag", "adapter", "adapter+rag", "router"]
+
 
 def test_a_killed_ingestion_goes_on_from_its_last_stored_session(tmp_path, tiny_model_dir):
     from agent_memory.evals.locomo import ingest
@@ -302,6 +312,12 @@ def test_two_runs_are_compared_question_by_question(tmp_path):
         compare_runs(first, other)
     with pytest.raises(ValidationError, match="first.*holds no answers"):
         compare_runs(tmp_path / "missing", second)
+    (second / "run.json").write_text('{"k": 5, "synth')  # torn by hand (the evals write it atomically)
+    with pytest.raises(ValidationError, match="run.json.*is not JSON.*new --out"):
+        compare_runs(first, second)
+    (second / "run.json").write_text("[5]")
+    with pytest.raises(ValidationError, match="run.json.*holds list"):
+        read_recipe(second)
 
 
 def test_cli(tmp_path, tiny_model_dir, cli_runner):
