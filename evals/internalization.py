@@ -8,6 +8,9 @@ the prompt. Methods:
 * ``context``: the backbone with the whole introduction in its prompt (what retrieval could give);
 * ``raw``: a module trained on the raw text (next-token loss over ~3-sentence chunks);
 * ``qa``: a module trained on the product's template QA ("What did the paper say about MCTS?" -> the sentence);
+* ``qa+summary+rewrite``: the same QA plus the templates' summary ("What did the paper talk about on ...?" -> the
+  introduction's opening words) and rewrite ("What do you remember about MCTS?" -> "On <date> the paper said: ...")
+  examples, the offline counterpart of the paper's richest recipe (QA + summaries + rewrites);
 * ``distill``: the same questions, answered and taught by the backbone reading the sentence and its
   neighbours (context distillation, ``consolidation.distill``);
 * ``rag``: no module, the ``RAG_K`` sentences nearest the question (MiniLM) in the prompt;
@@ -42,8 +45,8 @@ from agent_memory.atomic import write_json
 from agent_memory.evals.jsonl import append_row, read_rows
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
-METHODS = ("none", "context", "raw", "qa", "distill", "rag", "distill+rag")
-PROBE_METHODS = {"internalization": ("none", "context", "raw", "qa", "distill"),
+METHODS = ("none", "context", "raw", "qa", "qa+summary+rewrite", "distill", "rag", "distill+rag")
+PROBE_METHODS = {"internalization": ("none", "context", "raw", "qa", "qa+summary+rewrite", "distill"),
                  "hybrid": ("none", "context", "rag", "distill", "distill+rag")}
 PAPER_FINDINGS = {
     "internalization": "Paper (Llama-3.1-8B, judged by GPT-4.1): a module trained on the raw introduction answers "
@@ -140,6 +143,8 @@ def training_examples(backbone: Backbone, paper: dict[str, Any], index: int, met
         return raw_chunks(paper)
     if method == "qa":
         return keyword_qa.synthesize(episodes)
+    if method == "qa+summary+rewrite":
+        return KindFilter(TemplateSynthesizer(negatives_per_module=0), ["qa", "summary", "rewrite"]).synthesize(episodes)
     synthesizer = DistillingSynthesizer(backbone, keyword_qa, context=neighbourhood(episodes))
     synthesizer.prepare(episodes)
     return synthesizer.synthesize(episodes)
@@ -147,7 +152,8 @@ def training_examples(backbone: Backbone, paper: dict[str, Any], index: int, met
 
 def module_kind(method: str) -> str | None:
     """The training data of a method's module (None: the method uses no module)."""
-    return {"raw": "raw", "qa": "qa", "distill": "distill", "distill+rag": "distill"}.get(method)
+    return {"raw": "raw", "qa": "qa", "qa+summary+rewrite": "qa+summary+rewrite", "distill": "distill",
+            "distill+rag": "distill"}.get(method)
 
 
 class SentenceRetriever:

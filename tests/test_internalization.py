@@ -48,6 +48,11 @@ def test_introduction_becomes_sentence_episodes_raw_chunks_and_keyword_qa(tiny):
     assert [c.question for c in chunks] == ["", ""] and " ".join(c.answer for c in chunks) == " ".join(sentences(INTRO))
     qa = training_examples(tiny, PAPER, 0, "qa")
     assert {e.kind for e in qa} == {"qa"} and "What did the paper say about Lisbon?" in [e.question for e in qa]
+    richer = training_examples(tiny, PAPER, 0, "qa+summary+rewrite")
+    assert [e for e in richer if e.kind == "qa"] == qa and len([e for e in richer if e.kind == "rewrite"]) == len(qa)
+    summary = [e for e in richer if e.kind == "summary"]
+    assert len(summary) == 1 and summary[0].answer.startswith("Maria moved to Lisbon in 2021. Her dog Biscuit")
+    assert "What do you remember about Lisbon?" in [e.question for e in richer]
     distill = training_examples(tiny, PAPER, 0, "distill")
     assert [e.question for e in distill] == [e.question for e in qa]
     assert all(e.context and e.context.startswith("Maria moved to Lisbon") for e in distill[:2])
@@ -74,11 +79,12 @@ def test_probe_runs_every_method_writes_a_report_and_resumes(paper_dir, tiny_mod
     code, printed, err = run(*args)
     assert code == 0, err
     rows = read_rows(out / "internalization.jsonl")
-    assert [r["method"] for r in rows] == ["none", "context", "raw", "qa", "distill"]
+    assert [r["method"] for r in rows] == ["none", "context", "raw", "qa", "qa+summary+rewrite", "distill"]
     assert all(len(r["answers"]) == 2 and 0 <= r["f1"] <= 1 for r in rows)
-    assert rows[0]["train"] is None and rows[2]["train"]["examples"] == 2 and rows[4]["train"]["epochs"] == 1
+    assert rows[0]["train"] is None and rows[2]["train"]["examples"] == 2 and rows[5]["train"]["epochs"] == 1
+    assert rows[4]["train"]["examples"] == 2 * rows[3]["train"]["examples"] + 1, "each QA's rewrite, one summary"
     summary = json.loads((out / "internalization.json").read_text())
-    assert summary["papers"] == [0] and set(summary["methods"]) == {"none", "context", "raw", "qa", "distill"}
+    assert summary["papers"] == [0] and list(summary["methods"]) == [r["method"] for r in rows]
     assert set(summary["methods"]["qa"]["by_level"]) == {"1", "3"}
     report = (out / "internalization.md").read_text()
     assert "| distill |" in report and "Paper (Llama-3.1-8B" in report and report.rstrip() in printed
@@ -86,12 +92,12 @@ def test_probe_runs_every_method_writes_a_report_and_resumes(paper_dir, tiny_mod
 
     # a kill mid-write leaves half a line: that cell (and only it) runs again
     lines = (out / "internalization.jsonl").read_text().splitlines()
-    (out / "internalization.jsonl").write_text("\n".join(lines[:4]) + "\n" + lines[4][:40])
+    (out / "internalization.jsonl").write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])
     code, printed, err = run(*args)
     assert code == 0, err
     assert [line for line in printed.splitlines() if line.startswith("[paper")] == [
         line for line in printed.splitlines() if line.startswith("[paper 0 distill]")] != []
-    assert [r["method"] for r in read_rows(out / "internalization.jsonl")] == ["none", "context", "raw", "qa", "distill"]
+    assert [r["method"] for r in read_rows(out / "internalization.jsonl")] == [r["method"] for r in rows]
 
     # the hybrid probe shares the log: none/context/distill are reused, rag and distill+rag share one training
     code, printed, err = run("eval", "paper", "--probe", "hybrid", *args[4:])
