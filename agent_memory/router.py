@@ -172,14 +172,20 @@ class RulePolicy(Policy):
                         f"{f.centroid_best:.2f} < {self.centroid_min}")
 
     def fit(self, samples: Sequence[tuple[RouteFeatures, Mapping[str, float]]]) -> "RulePolicy":
-        """Grid-search the thresholds for the highest mean quality of the chosen routes (ties keep the current)."""
+        """Grid-search the thresholds for the highest mean quality of the chosen routes.
+
+        Among equally good thresholds, the fewest changed from the current ones win (ties keep the current):
+        a threshold the samples never exercise (say, the module ones on a run without modules) stays as it was.
+        """
         if not samples:
             raise ValidationError("samples", "is empty", "pass (features, {route: quality}) pairs from a dev set")
-        best, best_value = self.params(), self._value(samples)
+        current = self.params()
+        changed = lambda params: sum(params[k] != current[k] for k in self.GRID)  # noqa: E731
+        best, best_value = current, self._value(samples)
         for values in itertools.product(*self.GRID.values()):
             candidate = RulePolicy(**dict(zip(self.GRID, values)))
             value = candidate._value(samples)
-            if value > best_value + 1e-12:
+            if value > best_value + 1e-12 or (value > best_value - 1e-12 and changed(candidate.params()) < changed(best)):
                 best, best_value = candidate.params(), value
         for key, value in best.items():
             setattr(self, key, value)

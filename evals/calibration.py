@@ -164,16 +164,17 @@ def calibration_report(summary: dict[str, Any]) -> str:
         "F1 on the held-out conversation of the routes each policy picks (each route scored by its forced-route answer).",
         "",
         "| held out | questions | fitted | default rules | best fixed route (on the fit set) | router as run | oracle | "
-        "fitted rag_min | fitted picks |",
+        "fitted thresholds | fitted picks |",
         "|----------|----------:|-------:|--------------:|----------------------------------|--------------:|-------:|"
-        "---------------:|--------------|",
+        "-------------------|--------------|",
     ]
     for f in summary["folds"]:
         ran = "-" if f["f1_router_as_run"] is None else f"{f['f1_router_as_run']:.3f}"
         picks = ", ".join(f"{r} {n}" for r, n in sorted(f["routes_fitted"].items()))
+        thresholds = ", ".join(f"{name} {value}" for name, value in f["params"].items())
         lines.append(f"| {f['held_out']} | {f['questions']} | {f['f1_fitted']:.3f} | {f['f1_default']:.3f} | "
                      f"{f['f1_best_fixed_route']:.3f} ({f['best_fixed_route']}) | {ran} | {f['f1_oracle']:.3f} | "
-                     f"{f['params']['rag_min']} | {picks} |")
+                     f"{thresholds} | {picks} |")
     p = summary["pooled"]
     ran = f"{p['f1_router_as_run']:.3f}" if "f1_router_as_run" in p else "-"
     lines.append(f"| **all** | {summary['questions']} | {p['f1_fitted']:.3f} | {p['f1_default']:.3f} | "

@@ -9,7 +9,7 @@ import pytest
 
 from agent_memory.config import BackboneConfig, MemoryConfig
 from agent_memory.errors import ValidationError
-from agent_memory.evals.calibration import leave_one_out, route_samples
+from agent_memory.evals.calibration import calibration_report, leave_one_out, route_samples
 from agent_memory.evals.locomo import run_locomo
 from agent_memory.router import RouteFeatures, RulePolicy
 
@@ -38,6 +38,9 @@ def test_fitted_thresholds_come_from_the_other_conversations_only():
     assert folds["a"]["f1_oracle"] == 0.75
     assert folds["a"]["best_fixed_route"] == "rag" and folds["a"]["f1_best_fixed_route"] == 0.5
     assert result["questions"] == 6 and result["pooled"]["f1_oracle"] == pytest.approx((0.75 * 4 + 1.0 * 2) / 6, abs=1e-4)
+    table = calibration_report(result)
+    # c's fit moves rag_min only: with no modules in the samples, the module thresholds are never exercised
+    assert "| rag_min 0.35, centroid_min 0.45, trust_recall 0.9 | none 1, rag 1 |" in table, "each fold's thresholds"
     with pytest.raises(ValidationError, match="two or more"):
         leave_one_out(a)
 

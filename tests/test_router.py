@@ -248,6 +248,7 @@ def test_rule_policy_fits_its_thresholds_on_labelled_samples():
     assert policy._value(samples) == 0.5
     policy.fit(samples)
     assert 0.25 < policy.rag_min <= 0.45 and policy._value(samples) == 1.0
+    assert (policy.centroid_min, policy.trust_recall) == (0.45, 0.9), "no sample has a module: those thresholds stay"
     with pytest.raises(ValidationError):
         policy.fit([])
 
