@@ -55,6 +55,8 @@ class RouteFeatures:
     """Turns in the session's recent window (ICL candidates)."""
     evidence_age_days: float = 0.0
     """Age of the best relevant episode relative to the newest episode in the window, in days."""
+    asks_when: int = 0
+    """1 when the question asks when something happened ("When did ..."), else 0."""
 
     def to_dict(self) -> dict[str, float]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -140,18 +142,23 @@ class RulePolicy(Policy):
     """Module centroid similarity above which a module is used when retrieval finds nothing."""
     trust_recall: float = 0.9
     """A module at or above this self-test recall answers alone; below it, retrieval backs it up."""
+    modules_for_when_only: bool = False
+    """Activate modules only for questions that ask when; the others go to retrieval (or recent turns). On
+    LoCoMo chat, template-trained modules win on dates and lose on content (``evals/README.md``)."""
 
-    GRID: ClassVar[dict[str, tuple[float, ...]]] = {
+    GRID: ClassVar[dict[str, tuple[Any, ...]]] = {
         "rag_min": (0.2, 0.25, 0.3, 0.35, 0.4, 0.5),
         "centroid_min": (0.3, 0.45, 0.6, 1.01),
         "trust_recall": (0.5, 0.7, 0.9, 1.01),
+        "modules_for_when_only": (False, True),
     }
 
     def decide(self, f: RouteFeatures) -> tuple[str, str]:
         relevant = f.top_score >= self.rag_min and f.relevant > 0
         pending = f.relevant - f.relevant_absorbed
         modules = f.provenance_modules > 0 or (not relevant and f.centroid_best >= self.centroid_min)
-        if modules:
+        held_back = modules and self.modules_for_when_only and not f.asks_when
+        if modules and not held_back:
             how = (f"{f.provenance_modules} trusted module(s) absorbed relevant episodes, the one(s) activated "
                    f"{f.relevant_absorbed} of {f.relevant}" if f.provenance_modules else
                    f"retrieval found nothing above {self.rag_min} but a module's centroid matches "
@@ -163,6 +170,9 @@ class RulePolicy(Policy):
             if f.module_recall < self.trust_recall:
                 return "adapter+rag", f"{how}; its self-test recall {f.module_recall:.2f} < {self.trust_recall}, so retrieval backs it up"
             return "adapter", f"{how} (self-test recall {f.module_recall:.2f}); no episode text needed"
+        if relevant and held_back:
+            return "rag", (f"{f.relevant} episode(s) are relevant (best {f.top_score:.2f}); trusted modules hold "
+                           f"{f.relevant_absorbed} of them but answer only questions that ask when (modules_for_when_only)")
         if relevant:
             distrust = f"; {f.weak_candidates} weak module(s) distrusted" if f.weak_candidates else ""
             if pending == f.relevant_in_recent:
@@ -272,6 +282,7 @@ class Router:
             weak_candidates=len({h.episode.absorbed_by for h in relevant if h.episode.absorbed_by in by_id} - trusted),
             recent_turns=len(recent),
             evidence_age_days=_age_days(relevant[0].episode, recent) if relevant else 0.0,
+            asks_when=int(question.strip().lower().startswith("when")),
         )
         forced = route is not None
         if not forced:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 from agent_memory.errors import ValidationError
 from agent_memory.atomic import write_json, write_text
 from agent_memory.evals.jsonl import read_rows
-from agent_memory.evals.stats import rounded_mean
+from agent_memory.evals.stats import paired_interval, rounded_mean
 from agent_memory.evals.locomo import AGENT, ROUTE_OF, first_sessions, load_locomo, read_recipe
 from agent_memory.router import RouteFeatures, RulePolicy
 
@@ -110,7 +110,7 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if len(conversations) < 2:
         raise ValidationError("--results", f"only {conversations} answered", "calibrate on two or more conversations")
     pairs = [(RouteFeatures(**s["features"]), s["quality"]) for s in samples]
-    folds = []
+    folds, gains = [], []
     for held in conversations:
         fit = [p for p, s in zip(pairs, samples) if s["conversation"] != held]
         test = [(p, s) for p, s in zip(pairs, samples) if s["conversation"] == held]
@@ -118,6 +118,7 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         routes = sorted({r for _, q in fit for r in q})
         best_route = max(routes, key=lambda r: sum(q.get(r, 0.0) for _, q in fit))
         with_router = [s["router"] for _, s in test if s["router"] is not None]
+        gains += [q.get(fitted.decide(f)[0], 0.0) - q.get(RulePolicy().decide(f)[0], 0.0) for (f, q), _ in test]
         folds.append({
             "held_out": held, "questions": len(test), "fitted_on": [c for c in conversations if c != held],
             "params": fitted.params(),
@@ -134,6 +135,7 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
               for key in ("f1_fitted", "f1_default", "f1_best_fixed_route", "f1_oracle")}
     if all(f["f1_router_as_run"] is not None for f in folds):
         pooled["f1_router_as_run"] = round(sum(f["f1_router_as_run"] * f["questions"] for f in folds) / total, 4)
+    pooled["fitted_minus_default"] = paired_interval(gains)  # the same held-out questions, paired
     return {"conversations": conversations, "questions": total, "folds": folds, "pooled": pooled}
 
 
@@ -179,5 +181,9 @@ def calibration_report(summary: dict[str, Any]) -> str:
     ran = f"{p['f1_router_as_run']:.3f}" if "f1_router_as_run" in p else "-"
     lines.append(f"| **all** | {summary['questions']} | {p['f1_fitted']:.3f} | {p['f1_default']:.3f} | "
                  f"{p['f1_best_fixed_route']:.3f} | {ran} | {p['f1_oracle']:.3f} | | |")
+    gain = p.get("fitted_minus_default")
+    if gain:
+        lines += ["", f"Fitted minus default rules, paired over the same held-out questions: {gain['mean']:+.3f} "
+                      f"+- {gain['ci95']:.3f} (95% CI, n={gain['n']})."]
     return "\n".join(lines) + "\n"
 

@@ -38,9 +38,13 @@ def test_fitted_thresholds_come_from_the_other_conversations_only():
     assert folds["a"]["f1_oracle"] == 0.75
     assert folds["a"]["best_fixed_route"] == "rag" and folds["a"]["f1_best_fixed_route"] == 0.5
     assert result["questions"] == 6 and result["pooled"]["f1_oracle"] == pytest.approx((0.75 * 4 + 1.0 * 2) / 6, abs=1e-4)
+    # held out, the fitted policy loses c's weak question (0 instead of 1, one of six); on a and b it picks as the default
+    assert result["pooled"]["fitted_minus_default"]["n"] == 6
+    assert result["pooled"]["fitted_minus_default"]["mean"] == pytest.approx(-1 / 6, abs=1e-4)
     table = calibration_report(result)
+    assert "Fitted minus default rules, paired over the same held-out questions: -0.167 +- " in table
     # c's fit moves rag_min only: with no modules in the samples, the module thresholds are never exercised
-    assert "| rag_min 0.35, centroid_min 0.45, trust_recall 0.9 | none 1, rag 1 |" in table, "each fold's thresholds"
+    assert "| rag_min 0.35, centroid_min 0.45, trust_recall 0.9, modules_for_when_only False | none 1, rag 1 |" in table, "each fold's thresholds"
     with pytest.raises(ValidationError, match="two or more"):
         leave_one_out(a)
 

@@ -177,6 +177,7 @@ def test_a_recorded_question_does_not_crowd_out_the_statement_that_answers_it(me
     scores = {h.episode.id: h.score for h in decision.retrieved}
     assert scores[asked.id] - scores[fact.id] > memory.config.router.relevance_margin, "the case the rule is for"
     assert decision.route == "rag" and fact.id in [h.episode.id for h in decision.evidence]
+    assert decision.features.asks_when == 0 and memory.router.decide(" When did I get my dog?", NOW, 5).features.asks_when == 1
     add(memory, "Did I tell you where I moved?", Namespace("zoe", "companion", "s1"), 1)
     only_questions = memory.router.decide("Did I tell you where I moved?", Namespace("zoe", "companion", "s2"), 5)
     assert only_questions.features.relevant == 1, "with no statement retrieved, the best question anchors the margin"
@@ -238,6 +239,21 @@ def test_a_question_in_one_namespace_never_activates_anothers_modules(memory):
 ])
 def test_rule_policy_table(features, route):
     assert RulePolicy().decide(features)[0] == route
+
+
+def test_modules_can_be_kept_for_questions_that_ask_when():
+    absorbed = dict(top_score=0.6, relevant=2, relevant_absorbed=2, provenance_modules=1, module_recall=1.0)
+    dates = RulePolicy(modules_for_when_only=True)
+    assert dates.decide(RouteFeatures(**absorbed, asks_when=1))[0] == "adapter"
+    route, reason = dates.decide(RouteFeatures(**absorbed))
+    assert route == "rag" and "hold 2 of them but answer only questions that ask when" in reason
+    assert dates.decide(RouteFeatures(top_score=0.1, centroid_best=0.8, module_recall=1.0))[0] == "none"
+    assert RulePolicy().decide(RouteFeatures(**absorbed))[0] == "adapter", "off by default"
+    # fitted on samples where the modules win on dates only, the fit turns it on
+    samples = [(RouteFeatures(**absorbed, asks_when=1), {"adapter": 1.0, "rag": 0.2})] * 2
+    samples += [(RouteFeatures(**absorbed), {"adapter": 0.0, "rag": 0.6})] * 2
+    fitted = RulePolicy().fit(samples)
+    assert fitted.modules_for_when_only and fitted._value(samples) == 0.8
 
 
 def test_rule_policy_fits_its_thresholds_on_labelled_samples():
