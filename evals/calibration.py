@@ -44,7 +44,7 @@ def route_samples(data: str | Path, results: str | Path | Sequence[str | Path], 
     each is read with its own ``run.json`` settings (``--sessions``, ``-k``), and a conversation may be in one only.
     ``k`` overrides the runs' own (for runs made before ``run.json``; default 5 there).
     """
-    folders = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
+    folders = _folders(results)
     if not folders:
         raise ValidationError("--results", "no folder given", "pass the --out folder of a finished `agent-memory eval locomo` run")
     samples: list[dict[str, Any]] = []
@@ -60,6 +60,10 @@ def route_samples(data: str | Path, results: str | Path | Sequence[str | Path], 
             seen[conversation] = folder
         samples += found
     return samples
+
+
+def _folders(results: str | Path | Sequence[str | Path]) -> list[Path]:
+    return [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
 
 
 def _run_samples(data: str | Path, results: Path, recipe: dict[str, Any], k: int,
@@ -145,7 +149,7 @@ def run_calibration(data: str | Path, results: str | Path | Sequence[str | Path]
 
     ``out`` defaults to the run's folder when there is one run; with several it must be given.
     """
-    folders = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
+    folders = _folders(results)
     if out is None and len(folders) != 1:
         raise ValidationError("--out", f"is needed with {len(folders)} --results folders",
                               "pass --out DIR for calibration.json and calibration.md")
