@@ -17,6 +17,7 @@ labelled examples (:meth:`Policy.fit`).
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable, ClassVar, Mapping, Sequence
@@ -56,7 +57,8 @@ class RouteFeatures:
     evidence_age_days: float = 0.0
     """Age of the best relevant episode relative to the newest episode in the window, in days."""
     asks_when: int = 0
-    """1 when the question asks when something happened ("When did ..."), else 0."""
+    """1 when the question asks for a date ("When did ...", "What year ...", "In which month ..."; see
+    :func:`asks_for_a_date`), else 0."""
 
     def to_dict(self) -> dict[str, float]:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
@@ -88,6 +90,23 @@ class RouteDecision:
             "reason": self.reason,
             "policy": self.policy,
         }
+
+
+_ASKS_FOR_A_DATE = re.compile(
+    r"^\W*(?:when\b|(?:in |during |on )?(?:what|which) (?:year|month|day|date|week|weekend|season)s?\b)",
+    re.IGNORECASE,
+)
+
+
+def asks_for_a_date(question: str) -> bool:
+    """Whether the question asks when something happened, by its opening words (English): "When ...",
+    "What year ...", "In which month ...".
+
+    Durations ("How long ...", "How many weeks ...") are not dates: answering them takes arithmetic over dates,
+    which a module that learned "on 8 May 2023" does not do. A question that only names a date ("What did she do
+    on May 3?") asks for content.
+    """
+    return _ASKS_FOR_A_DATE.match(question) is not None
 
 
 # -- policies -------------------------------------------------------------------------------------
@@ -143,8 +162,9 @@ class RulePolicy(Policy):
     trust_recall: float = 0.9
     """A module at or above this self-test recall answers alone; below it, retrieval backs it up."""
     modules_for_when_only: bool = False
-    """Activate modules only for questions that ask when; the others go to retrieval (or recent turns). On
-    LoCoMo chat, template-trained modules win on dates and lose on content (``evals/README.md``)."""
+    """Activate modules only for questions that ask for a date (``RouteFeatures.asks_when``); the others go to
+    retrieval (or recent turns). On LoCoMo chat, template-trained modules win on dates and lose on content
+    (``evals/README.md``)."""
 
     GRID: ClassVar[dict[str, tuple[Any, ...]]] = {
         "rag_min": (0.2, 0.25, 0.3, 0.35, 0.4, 0.5),
@@ -172,7 +192,7 @@ class RulePolicy(Policy):
             return "adapter", f"{how} (self-test recall {f.module_recall:.2f}); no episode text needed"
         if relevant and held_back:
             return "rag", (f"{f.relevant} episode(s) are relevant (best {f.top_score:.2f}); trusted modules hold "
-                           f"{f.relevant_absorbed} of them but answer only questions that ask when (modules_for_when_only)")
+                           f"{f.relevant_absorbed} of them but answer only questions that ask for a date (modules_for_when_only)")
         if relevant:
             distrust = f"; {f.weak_candidates} weak module(s) distrusted" if f.weak_candidates else ""
             if pending == f.relevant_in_recent:
@@ -282,7 +302,7 @@ class Router:
             weak_candidates=len({h.episode.absorbed_by for h in relevant if h.episode.absorbed_by in by_id} - trusted),
             recent_turns=len(recent),
             evidence_age_days=_age_days(relevant[0].episode, recent) if relevant else 0.0,
-            asks_when=int(question.strip().lower().startswith("when")),
+            asks_when=int(asks_for_a_date(question)),
         )
         forced = route is not None
         if not forced:

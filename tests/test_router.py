@@ -15,7 +15,7 @@ from agent_memory.backbone import Backbone
 from agent_memory.config import BackboneConfig, RouterConfig
 from agent_memory.errors import ConfigError, ValidationError
 from agent_memory.registry import BackboneMismatchError, ModuleInfo
-from agent_memory.router import POLICIES, Policy, RouteFeatures, RulePolicy, make_policy, register_policy
+from agent_memory.router import POLICIES, Policy, RouteFeatures, RulePolicy, asks_for_a_date, make_policy, register_policy
 from agent_memory.store import EpisodicStore
 from agent_memory.types import Namespace
 
@@ -246,7 +246,7 @@ def test_modules_can_be_kept_for_questions_that_ask_when():
     dates = RulePolicy(modules_for_when_only=True)
     assert dates.decide(RouteFeatures(**absorbed, asks_when=1))[0] == "adapter"
     route, reason = dates.decide(RouteFeatures(**absorbed))
-    assert route == "rag" and "hold 2 of them but answer only questions that ask when" in reason
+    assert route == "rag" and "hold 2 of them but answer only questions that ask for a date" in reason
     assert dates.decide(RouteFeatures(top_score=0.1, centroid_best=0.8, module_recall=1.0))[0] == "none"
     assert RulePolicy().decide(RouteFeatures(**absorbed))[0] == "adapter", "off by default"
     # fitted on samples where the modules win on dates only, the fit turns it on
@@ -254,6 +254,25 @@ def test_modules_can_be_kept_for_questions_that_ask_when():
     samples += [(RouteFeatures(**absorbed), {"adapter": 0.0, "rag": 0.6})] * 2
     fitted = RulePolicy().fit(samples)
     assert fitted.modules_for_when_only and fitted._value(samples) == 0.8
+
+
+@pytest.mark.parametrize("question, asks", [
+    ("When did Caroline go to the LGBTQ support group?", True),
+    ("  when is the concert?", True),
+    ("How long has Melanie been practicing art?", False),  # a duration
+    ("What year did John start surfing?", True),
+    ("In which month's game did John score a career high?", True),
+    ("Which week did Tim visit the UK?", True),
+    ("How many weeks passed between adopting Coco and Shadow?", False),
+    ("On what day did Tim get into his study abroad program?", True),
+    ("What did Maria say about Biscuit?", False),
+    ("Who did Maria have dinner with on May 3, 2023?", False),  # names a date, asks who
+    ("How many dogs does Maria have?", False),
+    ("Whenever I call, who answers?", False),
+    ("What timezone is Tim in?", False),
+])
+def test_a_question_asks_for_a_date_by_its_opening_words(question, asks):
+    assert asks_for_a_date(question) is asks
 
 
 def test_rule_policy_fits_its_thresholds_on_labelled_samples():
