@@ -161,10 +161,12 @@ class RulePolicy(Policy):
     """Module centroid similarity above which a module is used when retrieval finds nothing."""
     trust_recall: float = 0.9
     """A module at or above this self-test recall answers alone; below it, retrieval backs it up."""
-    modules_for_when_only: bool = False
+    modules_for_when_only: bool = True
     """Activate modules only for questions that ask for a date (``RouteFeatures.asks_when``); the others go to
-    retrieval (or recent turns). On LoCoMo chat, template-trained modules win on dates and lose on content
-    (``evals/README.md``)."""
+    retrieval (or recent turns). On by default: on LoCoMo chat, modules trained on the default template QA win on
+    dates and lose on content, and this rule won held out on all three consolidated conversations
+    (``evals/README.md``, "Calibration among adapter routes"). Turn it off for modules trained on natural QA
+    (``ChatModelSynthesizer``), which answer content questions too."""
 
     GRID: ClassVar[dict[str, tuple[Any, ...]]] = {
         "rag_min": (0.2, 0.25, 0.3, 0.35, 0.4, 0.5),

@@ -114,7 +114,7 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if len(conversations) < 2:
         raise ValidationError("--results", f"only {conversations} answered", "calibrate on two or more conversations")
     pairs = [(RouteFeatures(**s["features"]), s["quality"]) for s in samples]
-    folds, gains = [], []
+    folds, gains, over_run = [], [], []
     for held in conversations:
         fit = [p for p, s in zip(pairs, samples) if s["conversation"] != held]
         test = [(p, s) for p, s in zip(pairs, samples) if s["conversation"] == held]
@@ -123,6 +123,8 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         best_route = max(routes, key=lambda r: sum(q.get(r, 0.0) for _, q in fit))
         with_router = [s["router"] for _, s in test if s["router"] is not None]
         gains += [q.get(fitted.decide(f)[0], 0.0) - q.get(RulePolicy().decide(f)[0], 0.0) for (f, q), _ in test]
+        over_run += [q.get(RulePolicy().decide(f)[0], 0.0) - s["router"] if s["router"] is not None else None
+                     for (f, q), s in test]
         folds.append({
             "held_out": held, "questions": len(test), "fitted_on": [c for c in conversations if c != held],
             "params": fitted.params(),
@@ -140,6 +142,8 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if all(f["f1_router_as_run"] is not None for f in folds):
         pooled["f1_router_as_run"] = round(sum(f["f1_router_as_run"] * f["questions"] for f in folds) / total, 4)
     pooled["fitted_minus_default"] = paired_interval(gains)  # the same held-out questions, paired
+    if None not in over_run:  # today's default rules against the router the runs answered with
+        pooled["default_minus_as_run"] = paired_interval(over_run)
     return {"conversations": conversations, "questions": total, "folds": folds, "pooled": pooled}
 
 
@@ -189,5 +193,9 @@ def calibration_report(summary: dict[str, Any]) -> str:
     if gain:
         lines += ["", f"Fitted minus default rules, paired over the same held-out questions: {gain['mean']:+.3f} "
                       f"+- {gain['ci95']:.3f} (95% CI, n={gain['n']})."]
+    change = p.get("default_minus_as_run")
+    if change:
+        lines += ["", f"Default rules minus the router as run (its own answers, under the rules of its day), paired: "
+                      f"{change['mean']:+.3f} +- {change['ci95']:.3f} (95% CI, n={change['n']})."]
     return "\n".join(lines) + "\n"
 

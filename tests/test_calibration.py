@@ -43,8 +43,9 @@ def test_fitted_thresholds_come_from_the_other_conversations_only():
     assert result["pooled"]["fitted_minus_default"]["mean"] == pytest.approx(-1 / 6, abs=1e-4)
     table = calibration_report(result)
     assert "Fitted minus default rules, paired over the same held-out questions: -0.167 +- " in table
+    assert "default_minus_as_run" not in result["pooled"] and "Default rules minus" not in table, "no router answers"
     # c's fit moves rag_min only: with no modules in the samples, the module thresholds are never exercised
-    assert "| rag_min 0.35, centroid_min 0.45, trust_recall 0.9, modules_for_when_only False | none 1, rag 1 |" in table, "each fold's thresholds"
+    assert "| rag_min 0.35, centroid_min 0.45, trust_recall 0.9, modules_for_when_only True | none 1, rag 1 |" in table, "each fold's thresholds"
     with pytest.raises(ValidationError, match="two or more"):
         leave_one_out(a)
 
@@ -74,6 +75,7 @@ def test_a_finished_run_is_calibrated_from_its_own_homes(tmp_path, tiny_model_di
     summary = json.loads((out / "calibration.json").read_text())
     assert [f["held_out"] for f in summary["folds"]] == ["conv-t1", "conv-t2"]
     assert all(f["f1_router_as_run"] is not None for f in summary["folds"])
+    assert summary["pooled"]["default_minus_as_run"]["n"] == 8 and "Default rules minus the router as run" in printed
     assert "| **all** | 8 |" in printed and (out / "calibration.md").is_file()
 
     code, _, err = cli_runner(tmp_path / "home")("eval", "calibrate", "--data", str(data), "--results", str(tmp_path / "x"))

@@ -26,6 +26,7 @@ DOG = "Big news: on Saturday I adopted a rescue dog named Biscuit."
 CITY = "I just moved to Lisbon from Toronto last week."
 CELLO = "My sister Ana plays the cello in an orchestra."
 PEANUT = "Please remember I am allergic to peanuts."
+WHEN_DOG = "When did Maria adopt Biscuit?"  # modules answer questions that ask for a date (the default policy)
 
 
 @pytest.fixture
@@ -100,19 +101,23 @@ def test_icl_for_this_sessions_recent_turns(memory):
 def test_adapter_when_a_trusted_module_absorbed_the_evidence(memory):
     dog = add(memory, DOG, OLD, 0)
     info = make_module(memory, [dog])
-    answer = memory.answer("What is the name of Maria's dog?", NOW, k=1)
+    answer = memory.answer(WHEN_DOG, NOW, k=1)
     assert answer.route == "adapter" and answer.modules == [info.id]
     assert answer.evidence == [] and answer.decision.recent == ()
-    question_only = memory.backbone.count_tokens(memory.backbone.qa_prompt("What is the name of Maria's dog?"))
+    question_only = memory.backbone.count_tokens(memory.backbone.qa_prompt(WHEN_DOG))
     assert answer.prompt_tokens == question_only, "no episode text in the prompt"
     assert answer.latency_ms["merge"] > 0, "the module's weights were applied while generating"
+    # a question about content goes to retrieval by default, though the module holds the episode
+    content = memory.answer("What is the name of Maria's dog?", NOW, k=1)
+    assert content.route == "rag" and content.modules == [] and content.evidence[0].episode.id == dog.id
+    assert "answer only questions that ask for a date" in content.reason
 
 
 def test_adapter_plus_rag_for_evidence_not_absorbed_yet(memory):
     dog = add(memory, DOG, OLD, 0)
     info = make_module(memory, [dog])
     late = add(memory, "Biscuit the dog learned to sit yesterday.", Namespace("maria", "companion", "s2"), 5)
-    answer = memory.answer("What is the name of Maria's dog?", NOW, k=2)
+    answer = memory.answer(WHEN_DOG, NOW, k=2)
     assert answer.route == "adapter+rag" and answer.modules == [info.id]
     assert [h.episode.id for h in answer.evidence] == [late.id], "only what the module does not hold is retrieved"
 
@@ -121,7 +126,7 @@ def test_adapter_plus_icl_when_the_rest_is_in_this_session(memory):
     dog = add(memory, DOG, OLD, 0)
     info = make_module(memory, [dog])
     fresh = add(memory, "Biscuit the dog learned to sit this morning.", NOW, 30)
-    answer = memory.answer("What is the name of Maria's dog?", NOW, k=2)
+    answer = memory.answer(WHEN_DOG, NOW, k=2)
     assert answer.route == "adapter+icl" and answer.modules == [info.id]
     assert [h.episode.id for h in answer.evidence] == [fresh.id]
 
@@ -139,7 +144,7 @@ def test_the_trust_floor_can_be_moved_at_query_time_without_retraining(tmp_path,
         config = MemoryConfig(home=str(tmp_path / f"home-{floor}"), router=RouterConfig(min_module_recall=floor))
         return AgentMemory(EpisodicStore.in_memory(embedder), tiny, config)
 
-    question = "What is the name of Maria's dog?"
+    question = WHEN_DOG
     lenient = memory_trusting(0.1)
     weak = make_module(lenient, [add(lenient, DOG, OLD, 0)], recall=0.1, weak=True)
     answer = lenient.answer(question, NOW, k=1)
@@ -155,14 +160,14 @@ def test_the_trust_floor_can_be_moved_at_query_time_without_retraining(tmp_path,
 def test_low_recall_module_is_backed_by_retrieval(memory):
     dog = add(memory, DOG, OLD, 0)
     info = make_module(memory, [dog], recall=0.6)
-    answer = memory.answer("What is the name of Maria's dog?", NOW, k=1)
+    answer = memory.answer(WHEN_DOG, NOW, k=1)
     assert answer.route == "adapter+rag" and answer.modules == [info.id]
     assert [h.episode.id for h in answer.evidence] == [dog.id] and "backs it up" in answer.reason
 
 
 def test_centroid_fallback_when_retrieval_misses(memory):
     dog = add(memory, DOG, OLD, 0)
-    question = "zxq vortex quibble?"
+    question = "When was the zxq vortex quibble?"
     info = make_module(memory, [dog], centroid=memory.store.embedder.embed([question])[0])
     memory.router.config = RouterConfig(min_score=0.9)  # retrieval counts nothing as evidence
     answer = memory.answer(question, NOW, k=1)
@@ -188,7 +193,7 @@ def test_provenance_picks_the_modules_that_absorbed_the_top_hits(memory):
     m_dog = make_module(memory, [dog], seed=1)
     m_city = make_module(memory, [city], seed=2)
     make_module(memory, [cello], seed=3)
-    question = "Maria's move to Lisbon and her dog Biscuit"
+    question = "When: Maria's move to Lisbon and her dog Biscuit"
     by_default = memory.router.decide(question, OLD, 3)
     assert by_default.route.startswith("adapter") and len(by_default.modules) == 1, "one module unless told to merge"
     assert by_default.modules[0] in {m_dog.id, m_city.id}
@@ -205,7 +210,7 @@ def test_corrupt_module_falls_back_to_retrieval_with_the_reason(memory):
     dog = add(memory, DOG, OLD, 0)
     info = make_module(memory, [dog])
     (memory.registry.path(info) / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
-    answer = memory.answer("What is the name of Maria's dog?", NOW, k=1)
+    answer = memory.answer(WHEN_DOG, NOW, k=1)
     assert answer.route == "rag" and answer.modules == [] and answer.evidence[0].episode.id == dog.id
     assert "module unusable" in answer.reason and info.id in answer.reason
 
@@ -231,11 +236,14 @@ def test_a_question_in_one_namespace_never_activates_anothers_modules(memory):
     (RouteFeatures(top_score=0.1), "none"),
     (RouteFeatures(top_score=0.6, relevant=2), "rag"),
     (RouteFeatures(top_score=0.6, relevant=2, relevant_in_recent=2, recent_turns=4), "icl"),
-    (RouteFeatures(top_score=0.6, relevant=1, relevant_absorbed=1, provenance_modules=1, module_recall=1.0), "adapter"),
-    (RouteFeatures(top_score=0.6, relevant=2, relevant_absorbed=1, provenance_modules=1, module_recall=1.0), "adapter+rag"),
+    (RouteFeatures(top_score=0.6, relevant=1, relevant_absorbed=1, provenance_modules=1, module_recall=1.0, asks_when=1),
+     "adapter"),
+    (RouteFeatures(top_score=0.6, relevant=1, relevant_absorbed=1, provenance_modules=1, module_recall=1.0), "rag"),
+    (RouteFeatures(top_score=0.6, relevant=2, relevant_absorbed=1, provenance_modules=1, module_recall=1.0, asks_when=1),
+     "adapter+rag"),
     (RouteFeatures(top_score=0.6, relevant=2, relevant_absorbed=1, relevant_in_recent=1, provenance_modules=1,
-                   module_recall=1.0), "adapter+icl"),
-    (RouteFeatures(top_score=0.1, centroid_best=0.8, module_recall=1.0), "adapter"),
+                   module_recall=1.0, asks_when=1), "adapter+icl"),
+    (RouteFeatures(top_score=0.1, centroid_best=0.8, module_recall=1.0, asks_when=1), "adapter"),
 ])
 def test_rule_policy_table(features, route):
     assert RulePolicy().decide(features)[0] == route
@@ -243,17 +251,20 @@ def test_rule_policy_table(features, route):
 
 def test_modules_can_be_kept_for_questions_that_ask_when():
     absorbed = dict(top_score=0.6, relevant=2, relevant_absorbed=2, provenance_modules=1, module_recall=1.0)
-    dates = RulePolicy(modules_for_when_only=True)
+    dates = RulePolicy()
+    assert dates.modules_for_when_only, "on by default"
     assert dates.decide(RouteFeatures(**absorbed, asks_when=1))[0] == "adapter"
     route, reason = dates.decide(RouteFeatures(**absorbed))
     assert route == "rag" and "hold 2 of them but answer only questions that ask for a date" in reason
     assert dates.decide(RouteFeatures(top_score=0.1, centroid_best=0.8, module_recall=1.0))[0] == "none"
-    assert RulePolicy().decide(RouteFeatures(**absorbed))[0] == "adapter", "off by default"
-    # fitted on samples where the modules win on dates only, the fit turns it on
+    assert RulePolicy(modules_for_when_only=False).decide(RouteFeatures(**absorbed))[0] == "adapter"
+    # fitted on samples where the modules win on dates only, the fit turns it on; where they win on content too, off
     samples = [(RouteFeatures(**absorbed, asks_when=1), {"adapter": 1.0, "rag": 0.2})] * 2
-    samples += [(RouteFeatures(**absorbed), {"adapter": 0.0, "rag": 0.6})] * 2
-    fitted = RulePolicy().fit(samples)
-    assert fitted.modules_for_when_only and fitted._value(samples) == 0.8
+    content = [(RouteFeatures(**absorbed), {"adapter": 0.0, "rag": 0.6})] * 2
+    fitted = RulePolicy(modules_for_when_only=False).fit(samples + content)
+    assert fitted.modules_for_when_only and fitted._value(samples + content) == 0.8
+    content = [(RouteFeatures(**absorbed), {"adapter": 0.9, "rag": 0.6})] * 2
+    assert not RulePolicy().fit(samples + content).modules_for_when_only
 
 
 @pytest.mark.parametrize("question, asks", [
@@ -381,7 +392,7 @@ def test_answers_from_parallel_threads_match_serial_ones(memory):
 
     dog = make_module(memory, [add(memory, DOG, OLD, 0)], seed=1)
     city = make_module(memory, [add(memory, CITY, Namespace("maria", "travel", "s1"), 1)], seed=2)
-    asks = [("What is the name of Maria's dog?", NOW), ("Where did Maria move?", Namespace("maria", "travel", "s9"))] * 4
+    asks = [(WHEN_DOG, NOW), ("When did Maria move to Lisbon?", Namespace("maria", "travel", "s9"))] * 4
     serial = [memory.answer(q, ns, k=1, max_new_tokens=6) for q, ns in asks[:2]]
     assert [a.modules for a in serial] == [[dog.id], [city.id]]
     assert serial[0].text != serial[1].text, "the two modules steer the tiny model differently"
