@@ -115,6 +115,7 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         raise ValidationError("--results", f"only {conversations} answered", "calibrate on two or more conversations")
     pairs = [(RouteFeatures(**s["features"]), s["quality"]) for s in samples]
     folds, gains, over_run = [], [], []
+    default = RulePolicy()
     for held in conversations:
         fit = [p for p, s in zip(pairs, samples) if s["conversation"] != held]
         test = [(p, s) for p, s in zip(pairs, samples) if s["conversation"] == held]
@@ -122,14 +123,14 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         routes = sorted({r for _, q in fit for r in q})
         best_route = max(routes, key=lambda r: sum(q.get(r, 0.0) for _, q in fit))
         with_router = [s["router"] for _, s in test if s["router"] is not None]
-        gains += [q.get(fitted.decide(f)[0], 0.0) - q.get(RulePolicy().decide(f)[0], 0.0) for (f, q), _ in test]
-        over_run += [q.get(RulePolicy().decide(f)[0], 0.0) - s["router"] if s["router"] is not None else None
+        gains += [q.get(fitted.decide(f)[0], 0.0) - q.get(default.decide(f)[0], 0.0) for (f, q), _ in test]
+        over_run += [q.get(default.decide(f)[0], 0.0) - s["router"] if s["router"] is not None else None
                      for (f, q), s in test]
         folds.append({
             "held_out": held, "questions": len(test), "fitted_on": [c for c in conversations if c != held],
             "params": fitted.params(),
             "f1_fitted": rounded_mean([q.get(fitted.decide(f)[0], 0.0) for (f, q), _ in test], 0.0),
-            "f1_default": rounded_mean([q.get(RulePolicy().decide(f)[0], 0.0) for (f, q), _ in test], 0.0),
+            "f1_default": rounded_mean([q.get(default.decide(f)[0], 0.0) for (f, q), _ in test], 0.0),
             "best_fixed_route": best_route,
             "f1_best_fixed_route": rounded_mean([q.get(best_route, 0.0) for (_, q), _ in test], 0.0),
             "f1_router_as_run": rounded_mean(with_router, 0.0) if len(with_router) == len(test) else None,
