@@ -123,19 +123,21 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         routes = sorted({r for _, q in fit for r in q})
         best_route = max(routes, key=lambda r: sum(q.get(r, 0.0) for _, q in fit))
         with_router = [s["router"] for _, s in test if s["router"] is not None]
-        gains += [q.get(fitted.decide(f)[0], 0.0) - q.get(default.decide(f)[0], 0.0) for (f, q), _ in test]
-        over_run += [q.get(default.decide(f)[0], 0.0) - s["router"] if s["router"] is not None else None
-                     for (f, q), s in test]
+        fitted_routes = [fitted.decide(f)[0] for (f, _), _ in test]
+        on_fitted = [q.get(r, 0.0) for ((_, q), _), r in zip(test, fitted_routes)]
+        on_default = [q.get(default.decide(f)[0], 0.0) for (f, q), _ in test]
+        gains += [a - b for a, b in zip(on_fitted, on_default)]
+        over_run += [d - s["router"] if s["router"] is not None else None for d, (_, s) in zip(on_default, test)]
         folds.append({
             "held_out": held, "questions": len(test), "fitted_on": [c for c in conversations if c != held],
             "params": fitted.params(),
-            "f1_fitted": rounded_mean([q.get(fitted.decide(f)[0], 0.0) for (f, q), _ in test], 0.0),
-            "f1_default": rounded_mean([q.get(default.decide(f)[0], 0.0) for (f, q), _ in test], 0.0),
+            "f1_fitted": rounded_mean(on_fitted, 0.0),
+            "f1_default": rounded_mean(on_default, 0.0),
             "best_fixed_route": best_route,
             "f1_best_fixed_route": rounded_mean([q.get(best_route, 0.0) for (_, q), _ in test], 0.0),
             "f1_router_as_run": rounded_mean(with_router, 0.0) if len(with_router) == len(test) else None,
             "f1_oracle": rounded_mean([max(q.values()) for (_, q), _ in test], 0.0),
-            "routes_fitted": dict(Counter(fitted.decide(f)[0] for (f, _), _ in test)),
+            "routes_fitted": dict(Counter(fitted_routes)),
         })
     total = sum(f["questions"] for f in folds)
     pooled = {key: round(sum(f[key] * f["questions"] for f in folds) / total, 4)
@@ -190,13 +192,10 @@ def calibration_report(summary: dict[str, Any]) -> str:
     ran = f"{p['f1_router_as_run']:.3f}" if "f1_router_as_run" in p else "-"
     lines.append(f"| **all** | {summary['questions']} | {p['f1_fitted']:.3f} | {p['f1_default']:.3f} | "
                  f"{p['f1_best_fixed_route']:.3f} | {ran} | {p['f1_oracle']:.3f} | | |")
-    gain = p.get("fitted_minus_default")
-    if gain:
-        lines += ["", f"Fitted minus default rules, paired over the same held-out questions: {gain['mean']:+.3f} "
-                      f"+- {gain['ci95']:.3f} (95% CI, n={gain['n']})."]
-    change = p.get("default_minus_as_run")
-    if change:
-        lines += ["", f"Default rules minus the router as run (its own answers, under the rules of its day), paired: "
-                      f"{change['mean']:+.3f} +- {change['ci95']:.3f} (95% CI, n={change['n']})."]
+    for key, what in (("fitted_minus_default", "Fitted minus default rules, paired over the same held-out questions"),
+                      ("default_minus_as_run", "Default rules minus the router as run (its own answers, under the "
+                                               "rules of its day), paired")):
+        if p.get(key):
+            lines += ["", f"{what}: {p[key]['mean']:+.3f} +- {p[key]['ci95']:.3f} (95% CI, n={p[key]['n']})."]
     return "\n".join(lines) + "\n"
 
