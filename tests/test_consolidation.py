@@ -298,3 +298,42 @@ def test_bf16_backbone_trains_bf16_factors_with_fp32_masters_and_eager_attention
     assert backbone.model.config._attn_implementation == before, "attention restored after training"
     assert next(p for n, p in model.named_parameters() if "lora_" not in n).dtype == torch.bfloat16
     backbone.model = model.unload()
+
+
+def test_fused_lora_updates_compute_what_peft_computes_and_give_the_layers_back(tiny):
+    import torch
+    from peft import get_peft_model
+    from peft.tuners.lora import Linear as LoraLinear
+
+    from agent_memory.consolidation.trainer import _fused_lora_updates, lora_config
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny.model, lora_config(LoraSettings(rank=4, alpha=8)), adapter_name="m")
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    for layer in layers:  # peft starts B at zero; a random B makes the update visible
+        torch.nn.init.normal_(layer.lora_B["m"].weight, std=0.5)
+    ids = torch.tensor([[1, 5, 7, 9, 3], [2, 4, 6, 8, 3]])
+
+    def logits_and_grads():
+        model.zero_grad()
+        logits = model(input_ids=ids).logits
+        logits.square().mean().backward()
+        return logits.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    peft_logits, peft_grads = logits_and_grads()
+    with _fused_lora_updates(model, "m") as switched:
+        assert switched == len(layers) > 0
+        assert all("forward" in layer.__dict__ for layer in layers)
+        fused_logits, fused_grads = logits_and_grads()
+    assert torch.allclose(fused_logits, peft_logits, atol=1e-5)
+    assert all(torch.allclose(f, p, atol=1e-5) for f, p in zip(fused_grads, peft_grads))
+    assert not any("forward" in layer.__dict__ for layer in layers), "peft's forward given back"
+
+    with model.disable_adapter():
+        base_logits = model(input_ids=ids).logits.detach()
+    assert not torch.allclose(base_logits, peft_logits, atol=1e-3), "the adapter changes the output"
+    for layer in layers:
+        layer.scaling["m"] = 0.0
+    with torch.no_grad(), _fused_lora_updates(model, "m"):
+        assert torch.allclose(model(input_ids=ids).logits, base_logits, atol=1e-5), "the fused path scales the update"
+    tiny.model = model.unload()
