@@ -4,9 +4,10 @@
 memory homes it ingested), or several (one per consolidated conversation, each made in its own
 sitting), and, for every question of categories 1-4:
 
-* recomputes the router's features from that home (retrieval only; no generation), exactly as the
-  ``router`` method saw them when it answered from the conversation's last session (the run's own
-  ``--sessions``, ``-k`` and trust floor, from its ``run.json``);
+* takes the router's features as the ``router`` method recorded them in its rows (runs since they
+  do), or else recomputes them from that home (retrieval only; no generation), exactly as it saw
+  them when it answered from the conversation's last session (the run's own ``--sessions``, ``-k``
+  and trust floor, from its ``run.json``);
 * takes the quality of each route from the forced-route methods of the same run (``none``, ``icl``,
   ``rag``, and ``adapter``, ``adapter+rag``, ``adapter+icl`` when they ran): the LoCoMo F1 of the
   answer that route gave.
@@ -91,20 +92,24 @@ def _run_samples(data: str | Path, results: Path, recipe: dict[str, Any], k: int
         home = results / "homes" / conv.sample_id
         if not asked:
             continue
-        if not (home / "ingested.json").is_file():
-            raise ValidationError("--results", f"{home} is missing or was not fully ingested",
-                                  "rerun `agent-memory eval locomo` with the same --out to finish it")
-        # the run's trust floor, as its router saw the modules (the backbone is not needed: retrieval only)
-        floor = RouterConfig(min_module_recall=recipe.get("min_module_recall"))
-        memory = AgentMemory.open(home, config=MemoryConfig(router=floor))
-        ns = Namespace(conv.sample_id, AGENT, f"s{conv.sessions[-1].number}")
+        recorded = all("features" in router.get((conv.sample_id, q.index), {}) for q in asked)
+        if recorded:  # the router's rows hold what it decided on: the home is not needed
+            features_of = lambda q: router[(conv.sample_id, q.index)]["features"]  # noqa: E731
+        elif not (home / "ingested.json").is_file():
+            raise ValidationError("--results", f"{home} is missing or was not fully ingested, and the run's router rows "
+                                  "do not record their features", "rerun `agent-memory eval locomo` with the same --out")
+        else:
+            # the run's trust floor, as its router saw the modules (the backbone is not needed: retrieval only)
+            floor = RouterConfig(min_module_recall=recipe.get("min_module_recall"))
+            memory = AgentMemory.open(home, config=MemoryConfig(router=floor))
+            ns = Namespace(conv.sample_id, AGENT, f"s{conv.sessions[-1].number}")
+            features_of = lambda q: memory.router.decide(q.question, ns, k).features.to_dict()  # noqa: E731
         for q in asked:
-            features = memory.router.decide(q.question, ns, k).features
             ran = router.get((conv.sample_id, q.index))
-            samples.append({"conversation": conv.sample_id, "index": q.index, "features": features.to_dict(),
+            samples.append({"conversation": conv.sample_id, "index": q.index, "features": features_of(q),
                             "quality": quality[(conv.sample_id, q.index)], "router": ran and ran["score"],
                             "route_as_run": ran and ran["route"]})
-        echo(f"{conv.sample_id}: features of {len(asked)} questions ({results})")
+        echo(f"{conv.sample_id}: features of {len(asked)} questions ({'recorded by its router' if recorded else home})")
     return samples
 
 

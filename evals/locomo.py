@@ -266,12 +266,15 @@ def answer_row(memory: Any, conv: Conversation, q: Question, method: str, k: int
     ns = Namespace(conv.sample_id, AGENT, f"s{conv.sessions[-1].number}")
     result = memory.answer(q.question, ns, k=k, route=ROUTE_OF[method], max_new_tokens=max_new_tokens)
     retrieved = [h.episode.metadata.get("dia_id") for h in result.decision.retrieved]
-    return {
+    row = {
         "sample_id": conv.sample_id, "method": method, "index": q.index, "category": q.category,
         "question": q.question, "gold": q.answer, "prediction": result.text, "score": score(result.text, q.answer, q.category),
         "route": result.route, "modules": result.modules, "recall_at_k": evidence_recall(retrieved, q.evidence),
         "prompt_tokens": result.prompt_tokens, "latency_ms": {s: round(v, 2) for s, v in result.latency_ms.items()},
     }
+    if method == "router":  # what it decided on: `eval calibrate` refits the rules from these, without the homes
+        row["features"] = result.decision.features.to_dict()
+    return row
 
 
 def module_stats(registry: Any, sample_id: str) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 
 import pytest
@@ -58,7 +59,7 @@ def two_conversations(path):
     return data
 
 
-def test_a_finished_run_is_calibrated_from_its_own_homes(tmp_path, tiny_model_dir, cli_runner):
+def test_a_finished_run_is_calibrated_from_its_recorded_features_or_its_homes(tmp_path, tiny_model_dir, cli_runner):
     data = two_conversations(tmp_path / "t.json")
     out = tmp_path / "out"
     config = MemoryConfig(backbone=BackboneConfig(model=str(tiny_model_dir), dtype="float32"))
@@ -69,6 +70,18 @@ def test_a_finished_run_is_calibrated_from_its_own_homes(tmp_path, tiny_model_di
     assert all(set(s["quality"]) == {"none", "icl", "rag"} for s in found)
     # the recomputed features lead the default policy to the very route the router took when it answered
     assert [RulePolicy().decide(RouteFeatures(**s["features"]))[0] for s in found] == [s["route_as_run"] for s in found]
+    # the router's rows record its features; recomputed from the homes (older runs) they are the same
+    answers = out / "answers.jsonl"
+    recorded = answers.read_text()
+    rows = [json.loads(line) for line in recorded.splitlines()]
+    assert sum("features" in r for r in rows) == sum(r["method"] == "router" for r in rows) > 0
+    answers.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "features"}) + "\n" for r in rows))
+    assert route_samples(data, out, echo=lambda line: None) == found
+    shutil.rmtree(out / "homes")
+    with pytest.raises(ValidationError, match="do not record their features"):
+        route_samples(data, out, echo=lambda line: None)
+    answers.write_text(recorded)
+    assert route_samples(data, out, echo=lambda line: None) == found, "recorded features: no home needed"
 
     code, printed, err = cli_runner(tmp_path / "home")("eval", "calibrate", "--data", str(data), "--results", str(out))
     assert code == 0, err
