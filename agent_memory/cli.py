@@ -286,6 +286,8 @@ def bench_consolidation(
     batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
     stop_at: float = typer.Option(1.0, "--stop-at", help="Stop once this share of the slice is reproduced under "
                                                          "teacher forcing (the eval questions are scored after)."),
+    target_modules: str = typer.Option("all-linear", "--target-modules",
+                                       help="Layers that get LoRA: all-linear, or names like gate_proj,up_proj,down_proj."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the results here (after every run; a rerun "
                                                                   "keeps the runs it holds that used the same settings)."),
     plot_out: Optional[Path] = typer.Option(None, "--plot", help="Write recall vs load to this PNG."),
@@ -294,7 +296,8 @@ def bench_consolidation(
     from agent_memory.consolidation import LoraSettings
     from agent_memory.consolidation.bench import plot, run_capacity_saved
 
-    settings = LoraSettings(learning_rate=learning_rate, batch_size=batch_size, stop_at_accuracy=stop_at)
+    settings = LoraSettings(learning_rate=learning_rate, batch_size=batch_size, stop_at_accuracy=stop_at,
+                            target_modules=LoraSettings.parse_target_modules(target_modules))
     results = run_capacity_saved(json_out, data, loads.split(","), [int(r) for r in ranks.split(",")], max_epochs,
                                  echo=typer.echo, settings=settings)
     if json_out:

@@ -48,15 +48,20 @@ def exact_match(backbone: Backbone, evals: list[QAExample]) -> float:
 
 
 def naive_tokens_per_second(
-    train: list[QAExample], config: BackboneConfig | None = None, steps: int = 6, batch_size: int = 8
+    train: list[QAExample], config: BackboneConfig | None = None, steps: int = 6, settings: LoraSettings | None = None
 ) -> float:
-    """The baseline loop: fp32, full logits from model(labels=...), default chat template, no bucketing."""
+    """The baseline loop: fp32, full logits from model(labels=...), default chat template, no bucketing.
+
+    ``settings`` gives the LoRA layers and the batch size, so the baseline trains what the loop it is compared with does.
+    """
     import torch
     from peft import get_peft_model
 
+    settings = settings or LoraSettings()
+    batch_size = settings.batch_size
     backbone = Backbone.load(config or BackboneConfig(dtype="float32"))
     tok = backbone.tokenizer
-    model = get_peft_model(backbone.model, lora_config(LoraSettings()))
+    model = get_peft_model(backbone.model, lora_config(settings))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     tokens, started = 0, time.perf_counter()
     for step in range(steps):
@@ -138,7 +143,8 @@ def run_capacity(
     backbone_config = backbone_config or BackboneConfig()
     base = settings or LoraSettings()
     backbone = Backbone.load(backbone_config)
-    recipe = {k: v for k, v in asdict(replace(base, max_epochs=max_epochs)).items() if k not in ("rank", "alpha")}
+    recipe = json.loads(json.dumps(  # as the JSON holds it (a tuple of target modules reads back as a list)
+        {k: v for k, v in asdict(replace(base, max_epochs=max_epochs)).items() if k not in ("rank", "alpha")}))
     results: dict[str, Any] = {
         "machine": machine(), "backbone": backbone.name, "dtype": str(backbone.dtype), "settings": recipe, "runs": [],
         "ceiling": matmul_ceiling(backbone),
@@ -178,11 +184,11 @@ def run_capacity(
                  f"{report.tokens_per_second:.0f} train tokens/s, {run['tokens_per_param']:.2e} tokens/param")
     # the baseline and this loop back to back on the same slice and rank, so their ratio shares the machine's state
     first = load_phonebook(data_dir, loads[0])[0]
-    peft_model, report = train_lora(backbone, first, replace(base, rank=16, alpha=32, max_epochs=3, stop_at_accuracy=1.0),
-                                    "default")
+    compared = replace(base, rank=16, alpha=32, max_epochs=3, stop_at_accuracy=1.0)
+    peft_model, report = train_lora(backbone, first, compared, "default")
     backbone.model = peft_model.unload()
     naive_config = BackboneConfig(model=backbone_config.model, cache_dir=backbone_config.cache_dir, dtype="float32")
-    naive = naive_tokens_per_second(first, naive_config)
+    naive = naive_tokens_per_second(first, naive_config, settings=compared)
     ours = report.tokens_per_second
     results["baseline"] = {"load": loads[0], "rank": 16, "tokens_per_second": round(ours, 1),
                            "naive_fp32_tokens_per_second": round(naive, 1), "speedup_vs_naive": round(ours / naive, 2)}

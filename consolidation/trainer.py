@@ -82,6 +82,17 @@ class LoraSettings:
             raise ConfigError("learning_rate", f"{self.learning_rate!r} is out of range", "use a float in (0, 1) or None")
         if not 0 < self.stop_at_accuracy <= 1:
             raise ConfigError("stop_at_accuracy", f"{self.stop_at_accuracy!r} is out of range", "use (0, 1]")
+        targets = self.target_modules
+        if not (targets == "all-linear" or (isinstance(targets, tuple) and targets and all(
+                isinstance(t, str) and t.strip() for t in targets))):
+            raise ConfigError("target_modules", f"{targets!r} names no layers",
+                              'use "all-linear" or a tuple of layer names such as ("gate_proj", "up_proj", "down_proj")')
+
+    @staticmethod
+    def parse_target_modules(text: str) -> str | tuple[str, ...]:
+        """``all-linear`` as is, else comma-separated layer names as a tuple (the CLI's ``--target-modules``)."""
+        text = text.strip()
+        return text if text == "all-linear" else tuple(t.strip() for t in text.split(","))
 
 
 @dataclass

@@ -98,6 +98,7 @@ API_CASES = {
     "bad dtype": (lambda m: BackboneConfig(dtype="float8"), "dtype"),
     "recall floor out of range": (lambda m: ConsolidationConfig(recall_floor=2.0), "recall_floor"),
     "rank 0": (lambda m: LoraSettings(rank=0), "rank"),
+    "no target modules": (lambda m: LoraSettings(target_modules=LoraSettings.parse_target_modules(" , ")), "target_modules"),
     "bad cron": (lambda m: ScheduleConfig(cron="every night please"), "cron"),
     "module from another backbone": (lambda m: _other_backbone_load(m), "trained on"),
 }

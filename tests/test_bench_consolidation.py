@@ -8,6 +8,7 @@ import pytest
 
 from agent_memory.config import BackboneConfig
 from agent_memory.consolidation.bench import load_phonebook, plot, run_capacity
+from agent_memory.consolidation.trainer import LoraSettings
 from agent_memory.errors import ValidationError
 
 
@@ -68,6 +69,22 @@ def test_benchmark_keeps_runs_made_with_the_same_settings(slice_dir, tiny_model_
     assert [r["rank"] for r in again["runs"]] == [2, 4]
     other = run_capacity(slice_dir, ["1K"], [2], max_epochs=3, echo=lines.append, backbone_config=config, previous=first)
     assert other["runs"][0]["epochs"] <= 3 and "kept" not in lines[-2], "other settings: rerun"
+
+
+def test_benchmark_trains_only_the_target_modules_and_keeps_their_runs(slice_dir, tiny_model_dir):
+    config = BackboneConfig(model=str(tiny_model_dir), dtype="float32")
+    mlp = LoraSettings(target_modules=LoraSettings.parse_target_modules("gate_proj, up_proj,down_proj"))
+    assert mlp.target_modules == ("gate_proj", "up_proj", "down_proj")
+    every = run_capacity(slice_dir, ["1K"], [2], max_epochs=1, echo=lambda _: None, backbone_config=config)
+    first = json.loads(json.dumps(run_capacity(slice_dir, ["1K"], [2], max_epochs=1, echo=lambda _: None,
+                                               backbone_config=config, settings=mlp)))
+    # tiny model: hidden 32, intermediate 64, 2 layers; r=2 factors of gate, up (32 -> 64) and down (64 -> 32)
+    assert first["runs"][0]["params"] == 2 * 3 * 2 * (32 + 64) < every["runs"][0]["params"]
+    assert first["settings"]["target_modules"] == ["gate_proj", "up_proj", "down_proj"]
+    lines: list[str] = []
+    run_capacity(slice_dir, ["1K"], [2], max_epochs=1, echo=lines.append, backbone_config=config, settings=mlp,
+                 previous=first)
+    assert "[1K r=2] kept from the previous results" in lines, "the settings read back from JSON are the same"
 
 
 def test_paper_capacity_probe_writes_a_report_beside_the_paper_and_resumes(slice_dir, tiny_model_dir, tmp_path, cli_runner):
