@@ -166,6 +166,9 @@ def test_a_run_scores_every_method_consolidates_and_resumes(tmp_path, tiny_model
     results = summary["results"]
     assert results["rag"]["questions"] == 5 and set(results["rag"]["by_category"]) >= {"multi-hop", "adversarial"}
     assert results["rag"]["f1_by_conversation"] == {"conv-t1": results["rag"]["f1"]}
+    non_temporal = [by[("rag", i)]["score"] for i in range(5) if by[("rag", i)]["category"] in (1, 3, 4)]
+    assert len(non_temporal) == 3 and results["rag"]["f1_without_temporal"] == pytest.approx(sum(non_temporal) / 3, abs=1e-3)
+    assert f"| {results['rag']['f1_without_temporal']:.3f} | " in (out / "report.md").read_text()
     vs_none = results["rag"]["f1_vs_none"]
     assert vs_none["n"] == 4 and vs_none["mean"] == pytest.approx(results["rag"]["f1"] - results["none"]["f1"], abs=2e-4)
     assert "f1_vs_none" not in results["none"] and f"| {vs_none['mean']:+.3f} +- " in (out / "report.md").read_text()
