@@ -61,6 +61,31 @@ def test_search_returns_at_most_k_and_what_exists(store):
     assert store.search("anything", Namespace("nobody")) == []
 
 
+def test_a_search_that_comes_back_short_is_ranked_exactly(store, monkeypatch):
+    """Chroma's filtered HNSW search is approximate and can return fewer than k although k match;
+    the backend then ranks the matching records exactly. Chroma is made to drop its nearest hit."""
+    if store.backend.kind == "in-memory":
+        pytest.skip("the in-memory twin always ranks exactly")
+    from chromadb.api.models.Collection import Collection
+
+    _seed(store)
+    store.add("I moved to Porto once, years ago.", Namespace("alice", "helper", "s2"), timestamp=T0)  # outside NS
+    want = store.search("Which city did I move to?", NS, k=4)
+    real = Collection.query
+
+    def drops_the_nearest(self, *args, **kwargs):
+        got = real(self, *args, **kwargs)
+        return {key: [v[0][1:]] if isinstance(v, list) and v and isinstance(v[0], list) else v for key, v in got.items()}
+
+    monkeypatch.setattr(Collection, "query", drops_the_nearest)
+    got = store.search("Which city did I move to?", NS, k=4)
+    assert [h.episode.id for h in got] == [h.episode.id for h in want] and "Lisbon" in got[0].episode.text
+    assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-4)
+    assert len(store.search("Which city did I move to?", NS, k=50)) == 5, "fewer match than k: nothing to add"
+    assert [h.episode.text for h in store.search("city", Namespace("alice", "helper", "s2"), k=1)] == [
+        "I moved to Porto once, years ago."]
+
+
 ORACLE_FILTERS = [
     {"topic": "pets"},
     {"topic": {"$ne": "pets"}},

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
+import numpy as np
+
 from agent_memory.store.filters import Condition
 
 
@@ -75,3 +77,19 @@ class RecordBackend(Protocol):
 
     def check_embedder(self, name: str, dimension: int) -> None:
         """Raise StoreError if existing data was written with another embedder; remember it for new partitions."""
+
+
+def nearest(records: Sequence[Record], embedding: Sequence[float], k: int) -> list[tuple[Record, float]]:
+    """Exact search: the ``k`` records (of those with an embedding) most cosine-similar to ``embedding``.
+
+    Records come back as given (embedding included), nearest first, with their similarity.
+    """
+    rows = [r for r in records if r.embedding is not None and len(r.embedding)]
+    if not rows or k <= 0:
+        return []
+    matrix = np.asarray([r.embedding for r in rows], dtype=np.float32)
+    query = np.asarray(embedding, dtype=np.float32)
+    norms = np.linalg.norm(matrix, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+    scores = (matrix @ query) / np.maximum(norms, 1e-12)
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [(rows[i], float(scores[i])) for i in order]

@@ -5,10 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-import numpy as np
-
 from agent_memory.errors import StoreError
-from agent_memory.store.backend import Partition, Record
+from agent_memory.store.backend import Partition, Record, nearest
 from agent_memory.store.filters import Condition, matches_all
 
 
@@ -51,12 +49,7 @@ class InMemoryBackend:
     ) -> list[tuple[Record, float]]:
         with self._lock:
             rows = self._matching(part, conditions)
-            if not rows:
-                return []
-            matrix = np.asarray([r.embedding for r in rows], dtype=np.float32)
-        scores = matrix @ np.asarray(embedding, dtype=np.float32)
-        order = np.argsort(-scores)[:k]
-        return [(_copy(rows[i], False), float(scores[i])) for i in order]
+        return [(_copy(r, False), score) for r, score in nearest(rows, embedding, k)]
 
     def remove(self, part: Partition, ids: Sequence[str]) -> None:
         with self._lock:
