@@ -89,7 +89,6 @@ def nearest(records: Sequence[Record], embedding: Sequence[float], k: int) -> li
         return []
     matrix = np.asarray([r.embedding for r in rows], dtype=np.float32)
     query = np.asarray(embedding, dtype=np.float32)
-    norms = np.linalg.norm(matrix, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
-    scores = (matrix @ query) / np.maximum(norms, 1e-12)
+    scores = (matrix @ query) / np.maximum(np.linalg.norm(matrix, axis=1) * np.linalg.norm(query), 1e-12)
     order = np.argsort(-scores, kind="stable")[:k]
     return [(rows[i], float(scores[i])) for i in order]

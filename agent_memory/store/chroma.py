@@ -152,7 +152,8 @@ class ChromaBackend:
         """Chroma's filtered HNSW search is approximate and can return fewer than ``k`` although more
         records match (the isolation harness saw 19 of 20 once in thousands of searches). Then
         rank the matching records exactly, as the in-memory backend always does."""
-        matching = self._call(lambda: col.get(where=where, ids=ids, include=[]), "list episode ids")["ids"]
+        matching = ids if ids is not None else (  # ids: the local-filter path already listed the matches
+            self._call(lambda: col.get(where=where, include=[]), "list episode ids")["ids"])
         if len(matching) <= len(hits):
             return hits
         exact = nearest(self.fetch(part, matching, embeddings=True), embedding, k)
