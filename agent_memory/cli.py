@@ -389,6 +389,27 @@ def eval_compare(
         typer.echo(f"wrote {json_out}")
 
 
+@eval_app.command("breakdown")
+def eval_breakdown(
+    results: List[Path] = typer.Option(..., "--results",
+                                       help="The --out folder of a finished `eval locomo` run; repeat it to pool runs "
+                                            "(each method from the first run that answered it)."),
+    seen: Optional[Path] = typer.Option(None, "--seen", help="A run whose questions count as seen (e.g. the slice the "
+                                                             "router was fitted on); the rest are split out as unseen."),
+    baseline: str = typer.Option("rag", "--baseline", help="The method every other is compared with, question by question."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the breakdown as JSON here."),
+) -> None:
+    """F1 of each method on temporal vs other questions (and seen vs unseen), minus a baseline with 95% intervals."""
+    from agent_memory.atomic import write_json
+    from agent_memory.evals.breakdown import breakdown, breakdown_report
+
+    table = breakdown(results, seen, baseline)
+    typer.echo(breakdown_report(table).rstrip())
+    if json_out:
+        write_json(json_out, table)
+        typer.echo(f"wrote {json_out}")
+
+
 @eval_app.command("paper")
 def eval_paper(
     probe: str = typer.Option(..., "--probe",
