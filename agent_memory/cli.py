@@ -361,11 +361,14 @@ def eval_calibrate(
                                             "repeat it to pool runs, a conversation in one of them only."),
     k: Optional[int] = typer.Option(None, "--k", min=1, help="Episodes retrieved per question (default: each run's -k)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where calibration.json/.md go (default: the one --results folder)."),
+    routes_from: Optional[Path] = typer.Option(None, "--routes-from",
+                                               help="A run on the same data whose forced routes (say none, icl, rag) "
+                                                    "stand in for those a --results run did not force."),
 ) -> None:
     """Fit the router policy on all conversations but one and score it on that one, for each in turn."""
     from agent_memory.evals.calibration import run_calibration
 
-    run_calibration(data, results, k, out, echo=typer.echo)  # several --results without --out: refused there
+    run_calibration(data, results, k, out, echo=typer.echo, routes_from=routes_from)  # several --results without --out: refused there
     out = out or results[0]
     typer.echo((out / "calibration.md").read_text().rstrip())
     typer.echo(f"wrote {out / 'calibration.json'}, {out / 'calibration.md'}")

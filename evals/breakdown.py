@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from agent_memory.errors import ValidationError
-from agent_memory.evals.jsonl import read_rows
+from agent_memory.evals.jsonl import read_rows, same_question
 from agent_memory.evals.locomo import METHODS
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
@@ -38,12 +38,9 @@ def _pooled(results: Sequence[Path]) -> tuple[dict[str, dict[Key, dict[str, Any]
             raise ValidationError("--results", f"{folder / 'answers.jsonl'} holds no answers of categories 1-4",
                                   "pass the --out folder of an `agent-memory eval locomo` run")
         for row in rows:
-            key = (row["sample_id"], row["index"])
-            if texts.setdefault(key, row["question"]) != row["question"]:
-                raise ValidationError("--results", f"question {key[1]} of {key[0]} is {row['question']!r} in {folder} but "
-                                      f"{texts[key]!r} in an earlier run", "pool runs made on the same data file")
+            same_question(texts, row, "--results", folder)
             if source.setdefault(row["method"], str(folder)) == str(folder):
-                by_method.setdefault(row["method"], {})[key] = row
+                by_method.setdefault(row["method"], {})[(row["sample_id"], row["index"])] = row
     return by_method, source
 
 

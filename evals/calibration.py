@@ -31,19 +31,20 @@ from typing import Any, Callable, Sequence
 
 from agent_memory.errors import ValidationError
 from agent_memory.atomic import write_json, write_text
-from agent_memory.evals.jsonl import read_rows
+from agent_memory.evals.jsonl import read_rows, same_question
 from agent_memory.evals.stats import paired_interval, rounded_mean
 from agent_memory.evals.locomo import AGENT, ROUTE_OF, first_sessions, load_locomo, read_recipe
 from agent_memory.router import RouteFeatures, RulePolicy
 
 
 def route_samples(data: str | Path, results: str | Path | Sequence[str | Path], k: int | None = None,
-                  echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                  echo: Callable[[str], None] = print, routes_from: str | Path | None = None) -> list[dict[str, Any]]:
     """One record per answered question (categories 1-4): conversation, features, quality per route, router's score.
 
     ``results`` is one finished run's ``--out`` folder or several (say, one per consolidated conversation);
     each is read with its own ``run.json`` settings (``--sessions``, ``-k``), and a conversation may be in one only.
-    ``k`` overrides the runs' own (for runs made before ``run.json``; default 5 there).
+    ``k`` overrides the runs' own (for runs made before ``run.json``; default 5 there). ``routes_from``: a run whose
+    forced routes stand in for those a ``results`` run did not force (see ``_route_quality``).
     """
     folders = _folders(results)
     if not folders:
@@ -53,7 +54,7 @@ def route_samples(data: str | Path, results: str | Path | Sequence[str | Path], 
     for folder in folders:
         recipe = read_recipe(folder)
         run_k = k or recipe.get("k") or 5
-        found = _run_samples(data, folder, recipe, run_k, echo)
+        found = _run_samples(data, folder, recipe, run_k, echo, Path(routes_from) if routes_from is not None else None)
         for conversation in sorted({s["conversation"] for s in found}):
             if conversation in seen:
                 raise ValidationError("--results", f"{conversation} was answered in both {seen[conversation]} and {folder}",
@@ -68,7 +69,7 @@ def _folders(results: str | Path | Sequence[str | Path]) -> list[Path]:
 
 
 def _run_samples(data: str | Path, results: Path, recipe: dict[str, Any], k: int,
-                 echo: Callable[[str], None]) -> list[dict[str, Any]]:
+                 echo: Callable[[str], None], routes_from: Path | None = None) -> list[dict[str, Any]]:
     from agent_memory.config import MemoryConfig, RouterConfig
     from agent_memory.memory import AgentMemory
     from agent_memory.types import Namespace
@@ -77,14 +78,8 @@ def _run_samples(data: str | Path, results: Path, recipe: dict[str, Any], k: int
     if not rows:
         raise ValidationError("--results", f"{results / 'answers.jsonl'} holds no answers",
                               "pass the --out folder of a finished `agent-memory eval locomo` run")
-    quality: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
-    router: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in rows:
-        key = (r["sample_id"], r["index"])
-        if ROUTE_OF.get(r["method"]):
-            quality[key][ROUTE_OF[r["method"]]] = r["score"]
-        elif r["method"] == "router":
-            router[key] = r
+    quality = _route_quality(rows, results, routes_from)
+    router = {(r["sample_id"], r["index"]): r for r in rows if r["method"] == "router"}
     samples = []
     for conv in load_locomo(data):
         conv = first_sessions(conv, recipe["sessions"]) if recipe.get("sessions") else conv
@@ -111,6 +106,27 @@ def _run_samples(data: str | Path, results: Path, recipe: dict[str, Any], k: int
                             "route_as_run": ran and ran["route"]})
         echo(f"{conv.sample_id}: features of {len(asked)} questions ({'recorded by its router' if recorded else home})")
     return samples
+
+
+def _route_quality(rows: list[dict[str, Any]], results: Path, routes_from: Path | None) -> dict[tuple[str, int], dict[str, float]]:
+    """Question -> route -> F1 of that route's forced answer: the run's own, and for the routes the run did not
+    force, those of ``routes_from`` (a run on the same data; ``none``, ``icl`` and ``rag`` never touch a module, so
+    a consolidated run that forced only the adapter routes is calibrated with them from a run without modules)."""
+    forced = {r["method"] for r in rows if ROUTE_OF.get(r["method"])}
+    texts = {(r["sample_id"], r["index"]): r["question"] for r in rows}
+    extra: list[dict[str, Any]] = []
+    if routes_from is not None:
+        extra = [r for r in read_rows(routes_from / "answers.jsonl")
+                 if ROUTE_OF.get(r["method"]) and r["method"] not in forced and (r["sample_id"], r["index"]) in texts]
+        if not extra:
+            raise ValidationError("--routes-from", f"{routes_from} forced no route that {results} did not, on its questions",
+                                  "pass the --out folder of a run on the same conversations with --methods none,icl,rag")
+    quality: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
+    for r in rows + extra:
+        if ROUTE_OF.get(r["method"]):
+            same_question(texts, r, "--routes-from", routes_from or results)
+            quality[(r["sample_id"], r["index"])][ROUTE_OF[r["method"]]] = r["score"]
+    return quality
 
 
 def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -156,7 +172,8 @@ def leave_one_out(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_calibration(data: str | Path, results: str | Path | Sequence[str | Path], k: int | None = None,
-                    out: str | Path | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+                    out: str | Path | None = None, echo: Callable[[str], None] = print,
+                    routes_from: str | Path | None = None) -> dict[str, Any]:
     """Features, leave-one-conversation-out fit, then ``calibration.json`` and ``calibration.md`` in ``out``.
 
     ``out`` defaults to the run's folder when there is one run; with several it must be given.
@@ -165,9 +182,10 @@ def run_calibration(data: str | Path, results: str | Path | Sequence[str | Path]
     if out is None and len(folders) != 1:
         raise ValidationError("--out", f"is needed with {len(folders)} --results folders",
                               "pass --out DIR for calibration.json and calibration.md")
-    summary = leave_one_out(route_samples(data, folders, k, echo))
+    summary = leave_one_out(route_samples(data, folders, k, echo, routes_from))
     summary["k"] = k
     summary["runs"] = [str(f) for f in folders]
+    summary["routes_from"] = str(routes_from) if routes_from is not None else None
     out = Path(out) if out is not None else folders[0]
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "calibration.json", summary)
@@ -179,7 +197,8 @@ def calibration_report(summary: dict[str, Any]) -> str:
     lines = [
         f"# Router calibration (LoCoMo, leave one conversation out, {summary['questions']} questions of categories 1-4)",
         "",
-        "F1 on the held-out conversation of the routes each policy picks (each route scored by its forced-route answer).",
+        "F1 on the held-out conversation of the routes each policy picks (each route scored by its forced-route answer"
+        + (f"; the routes a run did not force, from {summary['routes_from']}" if summary.get("routes_from") else "") + ").",
         "",
         "| held out | questions | fitted | default rules | best fixed route (on the fit set) | router as run | oracle | "
         "fitted thresholds | fitted picks |",

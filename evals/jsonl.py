@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_memory.atomic import write_text
+from agent_memory.errors import ValidationError
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -35,3 +36,11 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as sink:
         sink.write(json.dumps(row) + "\n")
 
+
+
+def same_question(texts: dict[tuple[str, int], str], row: dict[str, Any], option: str, where: Path) -> None:
+    """Refuse a row whose question text differs from the one first read under its (sample_id, index) in ``texts``."""
+    key = (row["sample_id"], row["index"])
+    if texts.setdefault(key, row["question"]) != row["question"]:
+        raise ValidationError(option, f"question {key[1]} of {key[0]} is {row['question']!r} in {where} but "
+                              f"{texts[key]!r} in an earlier run", "pool runs made on the same data file")

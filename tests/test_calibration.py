@@ -94,6 +94,28 @@ def test_a_finished_run_is_calibrated_from_its_recorded_features_or_its_homes(tm
     code, _, err = cli_runner(tmp_path / "home")("eval", "calibrate", "--data", str(data), "--results", str(tmp_path / "x"))
     assert code == 2 and "--results" in err
 
+    # a consolidated run that forced only some routes (here icl, all scored 1) takes the others from another run
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    shutil.copy(out / "run.json", partial / "run.json")
+    (partial / "answers.jsonl").write_text("".join(json.dumps(r | {"score": 1.0} if r["method"] == "icl" else r) + "\n"
+                                                   for r in rows if r["method"] in ("icl", "router")))
+    assert all(set(s["quality"]) == {"icl"} for s in route_samples(data, partial, echo=lambda line: None))
+    filled = route_samples(data, partial, echo=lambda line: None, routes_from=out)
+    assert filled == [s | {"quality": s["quality"] | {"icl": 1.0}} for s in found], "the run's own icl comes first"
+    with pytest.raises(ValidationError, match="routes-from.*forced no route that.*did not"):
+        route_samples(data, partial, echo=lambda line: None, routes_from=partial)
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    (renamed / "answers.jsonl").write_text(answers.read_text().replace(rows[0]["question"], "another?"))
+    with pytest.raises(ValidationError, match="routes-from.*is 'another\\?'.*same data file"):
+        route_samples(data, partial, echo=lambda line: None, routes_from=renamed)
+    code, printed, err = cli_runner(tmp_path / "home")("eval", "calibrate", "--data", str(data), "--results", str(partial),
+                                                       "--routes-from", str(out))
+    assert code == 0, err
+    assert f"the routes a run did not force, from {out}" in printed
+    assert json.loads((partial / "calibration.json").read_text())["routes_from"] == str(out)
+
 
 def test_runs_of_different_conversations_are_pooled_each_read_with_its_own_settings(tmp_path, tiny_model_dir, cli_runner):
     # say conv-t1 was consolidated in one sitting on its first 2 sessions, conv-t2 in another: two --out folders
