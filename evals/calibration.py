@@ -118,7 +118,7 @@ def _route_quality(rows: list[dict[str, Any]], results: Path, routes_from: Path 
     if routes_from is not None:
         extra = [r for r in read_rows(routes_from / "answers.jsonl")
                  if ROUTE_OF.get(r["method"]) and r["method"] not in forced and (r["sample_id"], r["index"]) in texts]
-        if not extra:
+        if not extra and {m for m, route in ROUTE_OF.items() if route} - forced:
             raise ValidationError("--routes-from", f"{routes_from} forced no route that {results} did not, on its questions",
                                   "pass the --out folder of a run on the same conversations with --methods none,icl,rag")
     quality: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)

@@ -105,6 +105,14 @@ def test_a_finished_run_is_calibrated_from_its_recorded_features_or_its_homes(tm
     assert filled == [s | {"quality": s["quality"] | {"icl": 1.0}} for s in found], "the run's own icl comes first"
     with pytest.raises(ValidationError, match="routes-from.*forced no route that.*did not"):
         route_samples(data, partial, echo=lambda line: None, routes_from=partial)
+    every = tmp_path / "every"  # forced every route: nothing to fill in, and no complaint (pooled with a partial run)
+    every.mkdir()
+    shutil.copy(out / "run.json", every / "run.json")
+    (every / "answers.jsonl").write_text(recorded + "".join(
+        json.dumps(r | {"method": hybrid}) + "\n" for r in rows if r["method"] == "rag"
+        for hybrid in ("adapter", "adapter+rag", "adapter+icl")))
+    assert route_samples(data, every, echo=lambda line: None, routes_from=partial) == \
+        route_samples(data, every, echo=lambda line: None)
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     (renamed / "answers.jsonl").write_text(answers.read_text().replace(rows[0]["question"], "another?"))
