@@ -400,13 +400,15 @@ def eval_breakdown(
     seen: Optional[Path] = typer.Option(None, "--seen", help="A run whose questions count as seen (e.g. the slice the "
                                                              "router was fitted on); the rest are split out as unseen."),
     baseline: str = typer.Option("rag", "--baseline", help="The method every other is compared with, question by question."),
+    constant: List[str] = typer.Option([], "--constant", help="Also score this one answer given to every question "
+                                                              "(say 2023: what naming the year earns); repeatable."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the breakdown as JSON here."),
 ) -> None:
     """F1 of each method on temporal vs other questions (and seen vs unseen), minus a baseline with 95% intervals."""
     from agent_memory.atomic import write_json
     from agent_memory.evals.breakdown import breakdown, breakdown_report
 
-    table = breakdown(results, seen, baseline)
+    table = breakdown(results, seen, baseline, constant)
     typer.echo(breakdown_report(table).rstrip())
     if json_out:
         write_json(json_out, table)

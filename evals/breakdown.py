@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from agent_memory.errors import ValidationError
 from agent_memory.evals.jsonl import read_rows, same_question
-from agent_memory.evals.locomo import METHODS
+from agent_memory.evals.locomo import METHODS, score
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
 Key = tuple[str, int]
@@ -58,14 +58,25 @@ def _slices(questions: dict[Key, int], seen: set[Key] | None) -> dict[str, list[
     return out
 
 
-def breakdown(results: Sequence[str | Path], seen: str | Path | None = None, baseline: str = "rag") -> dict[str, Any]:
-    """F1 per method on each slice of the questions every pooled method answered, and each minus ``baseline``."""
+def breakdown(results: Sequence[str | Path], seen: str | Path | None = None, baseline: str = "rag",
+              constants: Sequence[str] = ()) -> dict[str, Any]:
+    """F1 per method on each slice of the questions every pooled method answered, and each minus ``baseline``.
+
+    Each of ``constants`` is scored as one more method that gives that answer to every question (say ``2023``: what
+    a route earns on temporal questions by naming the right year, whatever it remembers); never in the oracle.
+    """
     if not results:
         raise ValidationError("--results", "no run given", "pass the --out folder of an `agent-memory eval locomo` run")
     by_method, source = _pooled([Path(r) for r in results])
     if baseline not in by_method:
         raise ValidationError("--baseline", f"no run answered with {baseline!r}", f"pick one of {', '.join(sorted(by_method))}")
     methods = [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS))
+    forced = [m for m in methods if m != "router"]
+    for text in constants:
+        name = f"constant {text!r}"
+        by_method[name] = {k: {"score": score(text, r["gold"], r["category"])} for k, r in by_method[baseline].items()}
+        source[name] = "the same answer to every question, scored here"
+        methods.append(name)
     shared = set.intersection(*(set(rows) for rows in by_method.values()))
     if not shared:
         raise ValidationError("--results", "no question was answered by every method",
@@ -77,14 +88,13 @@ def breakdown(results: Sequence[str | Path], seen: str | Path | None = None, bas
         if not seen_keys:
             raise ValidationError("--seen", f"{Path(seen) / 'answers.jsonl'} holds no answers",
                                   "pass the --out folder of the run whose questions count as seen")
-    forced = [m for m in methods if m != "router"]
     slices = {}
     for name, keys in _slices(category, seen_keys).items():
-        score = {m: [by_method[m][k]["score"] for k in keys] for m in methods}
+        scores = {m: [by_method[m][k]["score"] for k in keys] for m in methods}
         slices[name] = {
-            "questions": len(keys), "f1": {m: rounded_mean(score[m]) for m in methods},
+            "questions": len(keys), "f1": {m: rounded_mean(scores[m]) for m in methods},
             "oracle": rounded_mean([max(by_method[m][k]["score"] for m in forced) for k in keys]) if forced else None,
-            "minus_baseline": {m: paired_interval([a - b for a, b in zip(score[m], score[baseline])])
+            "minus_baseline": {m: paired_interval([a - b for a, b in zip(scores[m], scores[baseline])])
                                for m in methods if m != baseline and keys}}
     return {"results": [str(r) for r in results], "seen": str(seen) if seen is not None else None, "baseline": baseline,
             "source": {m: source[m] for m in methods}, "conversations": sorted({k[0] for k in shared}),

@@ -22,7 +22,7 @@ def _run(folder: Path, scores: dict[str, list[float]], routes: list[str] | None 
         for index, value in enumerate(values):
             append_row(folder / "answers.jsonl", {
                 "sample_id": sample_id, "method": method, "index": index, "category": CATEGORY[index],
-                "question": f"question {index}?", "score": value,
+                "question": f"question {index}?", "gold": f"gold {index}", "score": value,
                 "route": routes[index] if method == "router" and routes else method})
     return folder
 
@@ -54,6 +54,9 @@ def test_methods_are_pooled_from_the_first_run_that_answered_them_over_the_share
     assert table["routes"] == {"adapter+rag": 2, "rag": 2}
     assert "seen" not in table["slices"]
     assert breakdown([plain, consolidated])["source"]["router"] == str(plain), "order decides"
+    fixed = breakdown([consolidated, plain], constants=["gold"])["slices"]["all"]
+    assert fixed["f1"]["constant 'gold'"] == 0.6667, "one of the two gold tokens on every question"
+    assert fixed["oracle"] == 0.625 and fixed["minus_baseline"]["constant 'gold'"]["mean"] == pytest.approx(0.6667 - 0.275, abs=1e-4)
 
 
 def test_seen_questions_are_split_from_the_unseen(runs):
@@ -89,9 +92,9 @@ def test_cli(runs, tmp_path, cli_runner):
     consolidated, plain, fitted = runs
     code, printed, err = cli_runner(tmp_path / "home")(
         "eval", "breakdown", "--results", str(consolidated), "--results", str(plain), "--seen", str(fitted),
-        "--json", str(tmp_path / "b.json"))
+        "--constant", "gold", "--json", str(tmp_path / "b.json"))
     assert code == 0, err
-    assert "| router | +0.300 +- " in printed and f"wrote {tmp_path / 'b.json'}" in printed
+    assert "| constant 'gold' | 0.667 |" in printed and "| router | +0.300 +- " in printed and f"wrote {tmp_path / 'b.json'}" in printed
     assert json.loads((tmp_path / "b.json").read_text())["slices"]["unseen"]["questions"] == 2
     code, _, err = cli_runner(tmp_path / "home")("eval", "breakdown", "--results", str(plain), "--baseline", "psychic")
     assert code == 2 and "baseline" in err
