@@ -15,6 +15,7 @@ minus ``baseline`` with its 95% interval.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -103,10 +104,7 @@ def breakdown(results: Sequence[str | Path], seen: str | Path | None = None, bas
 
 def _routes(router: dict[Key, dict[str, Any]], shared: set[Key]) -> dict[str, int]:
     """How often the router took each route on the shared questions."""
-    counts: dict[str, int] = {}
-    for key in sorted(shared & router.keys()):
-        counts[router[key]["route"]] = counts.get(router[key]["route"], 0) + 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+    return dict(Counter(router[key]["route"] for key in sorted(shared & router.keys())).most_common())
 
 
 def breakdown_report(table: dict[str, Any]) -> str:

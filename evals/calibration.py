@@ -121,10 +121,11 @@ def _route_quality(rows: list[dict[str, Any]], results: Path, routes_from: Path 
         if not extra and {m for m, route in ROUTE_OF.items() if route} - forced:
             raise ValidationError("--routes-from", f"{routes_from} forced no route that {results} did not, on its questions",
                                   "pass the --out folder of a run on the same conversations with --methods none,icl,rag")
+    for r in extra:
+        same_question(texts, r, "--routes-from", routes_from)
     quality: dict[tuple[str, int], dict[str, float]] = defaultdict(dict)
     for r in rows + extra:
         if ROUTE_OF.get(r["method"]):
-            same_question(texts, r, "--routes-from", routes_from or results)
             quality[(r["sample_id"], r["index"])][ROUTE_OF[r["method"]]] = r["score"]
     return quality
 

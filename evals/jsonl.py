@@ -37,10 +37,9 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         sink.write(json.dumps(row) + "\n")
 
 
-
 def same_question(texts: dict[tuple[str, int], str], row: dict[str, Any], option: str, where: Path) -> None:
     """Refuse a row whose question text differs from the one first read under its (sample_id, index) in ``texts``."""
     key = (row["sample_id"], row["index"])
     if texts.setdefault(key, row["question"]) != row["question"]:
         raise ValidationError(option, f"question {key[1]} of {key[0]} is {row['question']!r} in {where} but "
-                              f"{texts[key]!r} in an earlier run", "pool runs made on the same data file")
+                              f"{texts[key]!r} in an earlier run", "use runs made on the same data file")

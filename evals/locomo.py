@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from agent_memory.errors import ValidationError
 from agent_memory.atomic import write_json
-from agent_memory.evals.jsonl import append_row, read_rows
+from agent_memory.evals.jsonl import append_row, read_rows, same_question
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
 DEFAULT_METHODS = ("none", "icl", "rag", "adapter", "router")
@@ -429,12 +429,12 @@ def compare_runs(first: str | Path, second: str | Path, categories: Sequence[int
         "changed": {key: {"first": recipe_a.get(key), "second": recipe_b.get(key)}
                     for key in sorted(recipe_a.keys() | recipe_b.keys()) if recipe_a.get(key) != recipe_b.get(key)},
         "methods": {}}
+    texts: dict[tuple[str, int], str] = {}
     for method in [m for m in METHODS if m in methods] + sorted(methods - set(METHODS)):
         keys = sorted(key for key in a.keys() & b.keys() if key[0] == method)
         for key in keys:
-            if a[key]["question"] != b[key]["question"]:
-                raise ValidationError("--second", f"question {key[2]} of {key[1]} is {b[key]['question']!r} here but "
-                                      f"{a[key]['question']!r} in the first run", "compare runs made on the same data file")
+            same_question(texts, a[key], "--first", first)
+            same_question(texts, b[key], "--second", second)
         if keys:
             result["methods"][method] = {
                 "questions": len(keys), "first": rounded_mean([a[k]["score"] for k in keys]),
