@@ -402,13 +402,16 @@ def eval_breakdown(
     baseline: str = typer.Option("rag", "--baseline", help="The method every other is compared with, question by question."),
     constant: List[str] = typer.Option([], "--constant", help="Also score this one answer given to every question "
                                                               "(say 2023: what naming the year earns); repeatable."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The LoCoMo file the runs used: adds the chance level of "
+                                                             "answering the date of a random session."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the breakdown as JSON here."),
 ) -> None:
-    """F1 of each method on temporal vs other questions (and seen vs unseen), minus a baseline with 95% intervals."""
+    """F1 of each method on temporal vs other questions (and seen vs unseen), minus a baseline with 95% intervals;
+    on temporal questions also the date score (the answer's first date in the gold's window)."""
     from agent_memory.atomic import write_json
     from agent_memory.evals.breakdown import breakdown, breakdown_report
 
-    table = breakdown(results, seen, baseline, constant)
+    table = breakdown(results, seen, baseline, constant, data)
     typer.echo(breakdown_report(table).rstrip())
     if json_out:
         write_json(json_out, table)

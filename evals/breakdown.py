@@ -10,7 +10,11 @@ The slices: all of them, temporal (category 2, the dates template-trained module
 (1, 3, 4). With ``seen`` (another run's folder, e.g. the slice the router policy was fitted on) the questions
 that run answered and those it did not are split the same way, so a figure on never-fitted questions is read
 off directly. Per slice: each method's F1, the per-question oracle over the forced routes, and each method
-minus ``baseline`` with its 95% interval.
+minus ``baseline`` with its 95% interval. On the temporal slices, also the date score (``dates.date_score``: does
+the answer's first date fall in the gold's window, at the gold's precision), over the questions whose gold names a
+date: a constant year cannot earn it. With ``data`` (the LoCoMo file), ``random session date`` answers each
+question "On <a date of one of the conversation's sessions>." and is scored by its expected value over them (chance
+for a module that names the date of one of its own sessions).
 """
 
 from __future__ import annotations
@@ -21,11 +25,32 @@ from typing import Any, Callable, Sequence
 
 from agent_memory.errors import ValidationError
 from agent_memory.evals.jsonl import read_rows, same_question
-from agent_memory.evals.locomo import METHODS, score
+from agent_memory.evals.dates import date_score
+from agent_memory.evals.locomo import METHODS, first_sessions, load_locomo, read_recipe, score
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
 Key = tuple[str, int]
 """A question: (sample_id, index)."""
+CHANCE = "random session date"
+
+
+def _date(row: dict[str, Any], prediction: str) -> float | None:
+    """The date score of ``prediction`` for ``row``'s question; None unless it is temporal with a date for its gold."""
+    return date_score(prediction, row["gold"]) if row["category"] == 2 else None
+
+
+def _scored(row: dict[str, Any], predictions: Sequence[str]) -> dict[str, Any]:
+    """The F1 and date score ``predictions`` earn on ``row``'s question, each the mean over them."""
+    dates = [_date(row, p) for p in predictions]
+    return {"score": sum(score(p, row["gold"], row["category"]) for p in predictions) / len(predictions),
+            "date": None if dates[0] is None else sum(dates) / len(dates)}
+
+
+def _session_answers(data: str | Path, first_run: Path) -> dict[str, list[str]]:
+    """Per conversation, "On <day> <Month> <year>." for each of its sessions (the first run's --sessions of them)."""
+    sessions = read_recipe(first_run).get("sessions")
+    return {c.sample_id: [f"On {s.when.day} {s.when:%B %Y}." for s in c.sessions]
+            for c in (first_sessions(c, sessions) if sessions else c for c in load_locomo(data))}
 
 
 def _pooled(results: Sequence[Path]) -> tuple[dict[str, dict[Key, dict[str, Any]]], dict[str, str]]:
@@ -41,6 +66,7 @@ def _pooled(results: Sequence[Path]) -> tuple[dict[str, dict[Key, dict[str, Any]
         for row in rows:
             same_question(texts, row, "--results", folder)
             if source.setdefault(row["method"], str(folder)) == str(folder):
+                row["date"] = _date(row, row.get("prediction", ""))
                 by_method.setdefault(row["method"], {})[(row["sample_id"], row["index"])] = row
     return by_method, source
 
@@ -60,46 +86,64 @@ def _slices(questions: dict[Key, int], seen: set[Key] | None) -> dict[str, list[
 
 
 def breakdown(results: Sequence[str | Path], seen: str | Path | None = None, baseline: str = "rag",
-              constants: Sequence[str] = ()) -> dict[str, Any]:
+              constants: Sequence[str] = (), data: str | Path | None = None) -> dict[str, Any]:
     """F1 per method on each slice of the questions every pooled method answered, and each minus ``baseline``.
 
     Each of ``constants`` is scored as one more method that gives that answer to every question (say ``2023``: what
-    a route earns on temporal questions by naming the right year, whatever it remembers); never in the oracle.
+    a route earns on temporal questions by naming the right year, whatever it remembers); with ``data``, so is a
+    random session's date. Neither is in the oracle; either may be the baseline.
     """
     if not results:
         raise ValidationError("--results", "no run given", "pass the --out folder of an `agent-memory eval locomo` run")
     by_method, source = _pooled([Path(r) for r in results])
-    if baseline not in by_method:
-        raise ValidationError("--baseline", f"no run answered with {baseline!r}", f"pick one of {', '.join(sorted(by_method))}")
     methods = [m for m in METHODS if m in by_method] + sorted(set(by_method) - set(METHODS))
     forced = [m for m in methods if m != "router"]
-    for text in constants:
-        name = f"constant {text!r}"
-        by_method[name] = {k: {"score": score(text, r["gold"], r["category"])} for k, r in by_method[baseline].items()}
-        source[name] = "the same answer to every question, scored here"
+    asked = {k: r for rows in by_method.values() for k, r in rows.items()}
+    pseudo = {f"constant {text!r}": ({k: [text] for k in asked}, "the same answer to every question, scored here")
+              for text in constants}
+    if data is not None:
+        dates = _session_answers(data, Path(results[0]))
+        pseudo[CHANCE] = ({k: dates[k[0]] for k in asked if k[0] in dates},
+                          "each session's date as the answer, the mean over the sessions, scored here")
+    for name, (answers, how) in pseudo.items():
+        by_method[name], source[name] = {k: _scored(asked[k], said) for k, said in answers.items()}, how
         methods.append(name)
+    if baseline not in by_method:
+        raise ValidationError("--baseline", f"no run answered with {baseline!r}", f"pick one of {', '.join(sorted(by_method))}")
     shared = set.intersection(*(set(rows) for rows in by_method.values()))
     if not shared:
         raise ValidationError("--results", "no question was answered by every method",
                               "pool runs on the same conversations (see each run's --conversations)")
-    category = {k: by_method[baseline][k]["category"] for k in shared}
-    seen_keys = None
-    if seen is not None:
-        seen_keys = {(r["sample_id"], r["index"]) for r in read_rows(Path(seen) / "answers.jsonl")}
-        if not seen_keys:
-            raise ValidationError("--seen", f"{Path(seen) / 'answers.jsonl'} holds no answers",
-                                  "pass the --out folder of the run whose questions count as seen")
     slices = {}
-    for name, keys in _slices(category, seen_keys).items():
-        scores = {m: [by_method[m][k]["score"] for k in keys] for m in methods}
-        slices[name] = {
-            "questions": len(keys), "f1": {m: rounded_mean(scores[m]) for m in methods},
-            "oracle": rounded_mean([max(by_method[m][k]["score"] for m in forced) for k in keys]) if forced else None,
-            "minus_baseline": {m: paired_interval([a - b for a, b in zip(scores[m], scores[baseline])])
-                               for m in methods if m != baseline and keys}}
+    for name, keys in _slices({k: asked[k]["category"] for k in shared}, _seen(seen)).items():
+        slices[name] = _slice(by_method, keys, methods, forced, baseline, "score")
+        if name.endswith("temporal"):
+            slices[name]["date"] = _slice(by_method, [k for k in keys if asked[k]["date"] is not None],
+                                          methods, forced, baseline, "date")
     return {"results": [str(r) for r in results], "seen": str(seen) if seen is not None else None, "baseline": baseline,
             "source": {m: source[m] for m in methods}, "conversations": sorted({k[0] for k in shared}),
             "routes": _routes(by_method.get("router", {}), shared), "slices": slices}
+
+
+def _seen(seen: str | Path | None) -> set[Key] | None:
+    """The questions the run in ``seen`` answered (None without one)."""
+    if seen is None:
+        return None
+    keys = {(r["sample_id"], r["index"]) for r in read_rows(Path(seen) / "answers.jsonl")}
+    if not keys:
+        raise ValidationError("--seen", f"{Path(seen) / 'answers.jsonl'} holds no answers",
+                              "pass the --out folder of the run whose questions count as seen")
+    return keys
+
+
+def _slice(by_method: dict[str, dict[Key, dict[str, Any]]], keys: list[Key], methods: list[str], forced: list[str],
+           baseline: str, metric: str) -> dict[str, Any]:
+    """One slice by one metric (``score``: F1, ``date``: date score): per method, the oracle, minus ``baseline``."""
+    scores = {m: [by_method[m][k][metric] for k in keys] for m in methods}
+    return {"questions": len(keys), "f1" if metric == "score" else "accuracy": {m: rounded_mean(scores[m]) for m in methods},
+            "oracle": rounded_mean([max(by_method[m][k][metric] for m in forced) for k in keys]) if forced else None,
+            "minus_baseline": {m: paired_interval([a - b for a, b in zip(scores[m], scores[baseline])])
+                               for m in methods if m != baseline and keys}}
 
 
 def _routes(router: dict[Key, dict[str, Any]], shared: set[Key]) -> dict[str, int]:
@@ -127,4 +171,23 @@ def breakdown_report(table: dict[str, Any]) -> str:
     for method in (m for m in methods if m != table["baseline"]):
         cells = (table["slices"][n]["minus_baseline"][method] for n in names)
         lines.append(f"| {method} | " + " | ".join(f"{d['mean']:+.3f} +- {d['ci95']:.3f}" for d in cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _date_report(table, methods)) + "\n"
+
+
+def _date_report(table: dict[str, Any], methods: list[str]) -> list[str]:
+    """The date-score table of the temporal slices (questions whose gold names a date), then minus the baseline."""
+    dated = {n: s["date"] for n, s in table["slices"].items() if s.get("date", {}).get("questions")}
+    if not dated:
+        return []
+    head = " | ".join(f"{n} ({d['questions']})" for n, d in dated.items())
+    lines = ["", "Date score on temporal questions whose gold names a date (the answer's first date in the gold's "
+             "window, at its precision):", "", f"| method | {head} | {head.replace(' (', ' minus baseline (')} |",
+             "|---|" + "---:|" * 2 * len(dated)]
+    for method in methods:
+        diffs = [d["minus_baseline"].get(method) for d in dated.values()]
+        lines.append(f"| {method} | " + " | ".join(f"{d['accuracy'][method]:.3f}" for d in dated.values()) + " | "
+                     + " | ".join(f"{x['mean']:+.3f} +- {x['ci95']:.3f}" if x else "-" for x in diffs) + " |")
+    if next(iter(dated.values()))["oracle"] is not None:
+        lines.append("| per-question oracle over the forced routes | "
+                     + " | ".join(f"{d['oracle']:.3f}" for d in dated.values()) + " |" + " |" * len(dated))
+    return lines

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from agent_memory.errors import ValidationError
 from agent_memory.atomic import write_json
+from agent_memory.evals.dates import date_score
 from agent_memory.evals.jsonl import append_row, read_rows, same_question
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
@@ -292,7 +293,8 @@ def module_stats(registry: Any, sample_id: str) -> dict[str, Any] | None:
 
 def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per method: F1 per category, overall F1 over categories 1-4 and over 1, 3, 4 (without temporal, the questions
-    template-trained modules answer best), adversarial accuracy, recall@k, latency, tokens, and (when ``none`` ran)
+    template-trained modules answer best), the temporal questions' date score (``dates.date_score``, over those whose
+    gold names a date: what a constant year cannot earn), adversarial accuracy, recall@k, latency, tokens, and (when ``none`` ran)
     the paired F1 difference to ``none`` over the same questions of categories 1-4."""
     by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -307,6 +309,8 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out[method] = {
             "questions": len(mine), "f1": rounded_mean([r["score"] for r in answered]), "by_category": per_cat,
             "f1_without_temporal": rounded_mean([r["score"] for r in answered if r["category"] != 2]),
+            "temporal_date": rounded_mean([d for r in mine if r["category"] == 2
+                                           and (d := date_score(r["prediction"], r["gold"])) is not None]),
             "f1_by_conversation": {sid: rounded_mean([r["score"] for r in answered if r["sample_id"] == sid])
                                    for sid in sorted({r["sample_id"] for r in answered})},
             "recall_at_k": rounded_mean([r["recall_at_k"] for r in mine if r["recall_at_k"] is not None]),
@@ -554,14 +558,14 @@ def report(summary: dict[str, Any]) -> str:
                 if summary.get("min_module_recall") is not None else "")
              + (f", {summary['synthesizer']} QA, {_module_recipe(summary['consolidation'])}" if summary.get("consolidation") else ""), "",
              "| method | questions | F1 (1-4) | vs none (95% CI) | F1 (1,3,4) | " + " | ".join(cats)
-             + " | adversarial | recall@k | prompt tokens | p50 ms |",
-             "|---|---:|---:|---:|---:|" + "---:|" * (len(cats) + 4)]
+             + " | temporal by date | adversarial | recall@k | prompt tokens | p50 ms |",
+             "|---|---:|---:|---:|---:|" + "---:|" * (len(cats) + 5)]
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
     for method, r in summary["results"].items():
         vs = f"{r['f1_vs_none']['mean']:+.3f} +- {r['f1_vs_none']['ci95']:.3f}" if "f1_vs_none" in r else "-"
         lines.append(f"| {method} | {r['questions']} | {fmt(r['f1'])} | {vs} | {fmt(r.get('f1_without_temporal'))} | "
                      + " | ".join(fmt(r['by_category'][c]) for c in cats)
-                     + f" | {fmt(r['by_category']['adversarial'])} | {fmt(r['recall_at_k'])} | "
+                     + f" | {fmt(r.get('temporal_date'))} | {fmt(r['by_category']['adversarial'])} | {fmt(r['recall_at_k'])} | "
                      f"{r['prompt_tokens'] or 0:.0f} | {r['latency_ms_p50'] or 0:.0f} |")
     trained = {sid: i["module_stats"] for sid, i in summary.get("ingestion", {}).items() if i.get("module_stats")}
     if trained:

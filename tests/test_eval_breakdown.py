@@ -98,3 +98,32 @@ def test_cli(runs, tmp_path, cli_runner):
     assert json.loads((tmp_path / "b.json").read_text())["slices"]["unseen"]["questions"] == 2
     code, _, err = cli_runner(tmp_path / "home")("eval", "breakdown", "--results", str(plain), "--baseline", "psychic")
     assert code == 2 and "baseline" in err
+
+
+def test_temporal_questions_are_also_scored_by_date_against_a_constant_year_and_chance(tmp_path):
+    from tests.test_locomo import tiny_locomo
+
+    data = tiny_locomo(tmp_path / "tiny.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    gold = {0: ("dog, cello", 1), 1: ("8 May 2023", 2), 3: ("Toronto", 4)}
+    said = {"rag": {0: "a dog", 1: "In 2023.", 3: "Toronto"},
+            "adapter": {0: "On 27 June 2023.", 1: "On 8 May 2023.", 3: "On 27 June 2023."}}
+    for method, answers in said.items():
+        for index, prediction in answers.items():
+            answer, category = gold[index]
+            append_row(run / "answers.jsonl", {
+                "sample_id": "conv-t1", "method": method, "index": index, "category": category,
+                "question": f"question {index}?", "gold": answer, "prediction": prediction, "score": 0.5, "route": method})
+    table = breakdown([run], constants=["2023"], data=data, baseline="random session date")
+    assert "date" not in table["slices"]["all"] and "date" not in table["slices"]["all 1,3,4"]
+    dated = table["slices"]["all temporal"]["date"]
+    assert dated["questions"] == 1
+    assert dated["accuracy"] == {"rag": 0.0, "adapter": 1.0, "constant '2023'": 0.0, "random session date": 0.3333}, \
+        "the year alone is not the day; one of the three sessions with turns is 8 May"
+    assert dated["minus_baseline"]["adapter"]["mean"] == pytest.approx(0.6667, abs=1e-4)
+    assert dated["oracle"] == 1.0
+    every = table["slices"]["all"]
+    assert every["f1"]["constant '2023'"] == pytest.approx(0.5 / 3, abs=1e-4), "token F1 gives the year half the date"
+    text = breakdown_report(table)
+    assert "Date score on temporal questions" in text and "| adapter | 1.000 | +0.667 +- 0.000 |" in text

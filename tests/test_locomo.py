@@ -15,6 +15,7 @@ from agent_memory.config import BackboneConfig, MemoryConfig, RouterConfig
 from agent_memory.consolidation import ConsolidationConfig, LoraSettings
 from agent_memory.errors import ValidationError
 from agent_memory.types import Namespace
+from agent_memory.evals.dates import date_score
 from agent_memory.evals.locomo import (
     compare_runs, comparison_report, evidence_recall, evidence_sessions, first_sessions, load_locomo, normalize_answer,
     parse_locomo_time, read_recipe, run_locomo, score, token_f1,
@@ -169,6 +170,8 @@ def test_a_run_scores_every_method_consolidates_and_resumes(tmp_path, tiny_model
     non_temporal = [by[("rag", i)]["score"] for i in range(5) if by[("rag", i)]["category"] in (1, 3, 4)]
     assert len(non_temporal) == 3 and results["rag"]["f1_without_temporal"] == pytest.approx(sum(non_temporal) / 3, abs=1e-3)
     assert f"| {results['rag']['f1_without_temporal']:.3f} | " in (out / "report.md").read_text()
+    assert results["rag"]["temporal_date"] == date_score(by[("rag", 1)]["prediction"], "8 May 2023"), \
+        "the one temporal question, scored by the date it names"
     vs_none = results["rag"]["f1_vs_none"]
     assert vs_none["n"] == 4 and vs_none["mean"] == pytest.approx(results["rag"]["f1"] - results["none"]["f1"], abs=2e-4)
     assert "f1_vs_none" not in results["none"] and f"| {vs_none['mean']:+.3f} +- " in (out / "report.md").read_text()
