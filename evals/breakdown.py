@@ -103,6 +103,9 @@ def breakdown(results: Sequence[str | Path], seen: str | Path | None = None, bas
               for text in constants}
     if data is not None:
         dates = _session_answers(data, Path(results[0]))
+        missing = sorted({k[0] for k in asked} - dates.keys())
+        if missing:
+            raise ValidationError("--data", f"{data} holds no {', '.join(missing)}", "pass the file the runs were made on")
         pseudo[CHANCE] = ({k: dates[k[0]] for k in asked if k[0] in dates},
                           "each session's date as the answer, the mean over the sessions, scored here")
     for name, (answers, how) in pseudo.items():

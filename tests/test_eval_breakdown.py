@@ -125,5 +125,7 @@ def test_temporal_questions_are_also_scored_by_date_against_a_constant_year_and_
     assert dated["oracle"] == 1.0
     every = table["slices"]["all"]
     assert every["f1"]["constant '2023'"] == pytest.approx(0.5 / 3, abs=1e-4), "token F1 gives the year half the date"
+    with pytest.raises(ValidationError, match="--data.*holds no conv-a.*the file the runs were made on"):
+        breakdown([run, _run(tmp_path / "plain", {"none": [0.0]})], data=data)
     text = breakdown_report(table)
     assert "Date score on temporal questions" in text and "| adapter | 1.000 | +0.667 +- 0.000 |" in text
