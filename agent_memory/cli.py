@@ -396,7 +396,7 @@ def eval_compare(
 def eval_breakdown(
     results: List[Path] = typer.Option(..., "--results",
                                        help="The --out folder of a finished `eval locomo` run; repeat it to pool runs "
-                                            "(each method from the first run that answered it)."),
+                                            "(each method on each conversation from the first run that answered it there)."),
     seen: Optional[Path] = typer.Option(None, "--seen", help="A run whose questions count as seen (e.g. the slice the "
                                                              "router was fitted on); the rest are split out as unseen."),
     baseline: str = typer.Option("rag", "--baseline", help="The method every other is compared with, question by question."),
@@ -405,17 +405,21 @@ def eval_breakdown(
     data: Optional[Path] = typer.Option(None, "--data", help="The LoCoMo file the runs used: adds the chance level of "
                                                              "answering the date of a random session."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the breakdown as JSON here."),
+    plot_out: Optional[Path] = typer.Option(None, "--plot", help="Also draw it as a PNG here (F1 per slice, date scores)."),
 ) -> None:
     """F1 of each method on temporal vs other questions (and seen vs unseen), minus a baseline with 95% intervals;
     on temporal questions also the date score (the answer's first date in the gold's window)."""
     from agent_memory.atomic import write_json
-    from agent_memory.evals.breakdown import breakdown, breakdown_report
+    from agent_memory.evals.breakdown import breakdown, breakdown_plot, breakdown_report
 
     table = breakdown(results, seen, baseline, constant, data)
     typer.echo(breakdown_report(table).rstrip())
     if json_out:
         write_json(json_out, table)
-        typer.echo(f"wrote {json_out}")
+    if plot_out:
+        breakdown_plot(table, plot_out)
+    for out in filter(None, (json_out, plot_out)):
+        typer.echo(f"wrote {out}")
 
 
 @eval_app.command("paper")

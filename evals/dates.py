@@ -26,6 +26,7 @@ the date of a random session, the chance level of a module that names one of its
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -203,3 +204,16 @@ def date_score(prediction: str, gold: str) -> float | None:
     first = said[0]
     return float(PRECISION[first.precision] >= PRECISION[window.precision] and first.within(window))
 
+
+
+def said_score(prediction: str, days: Collection[date]) -> float:
+    """1 when the prediction's first date is, to the day, one of ``days`` (the dates of the sessions that hold a
+    question's evidence), else 0.
+
+    It asks whether an answer names *when the thing was said*, which is what template QA teaches a module ("When did
+    Maria mention Biscuit?" -> the session's date). LoCoMo's gold is often *when it happened*, resolved from a
+    relative phrase ("last week" said on 2 October -> "last week of September"), so a module can score here and
+    not in ``date_score``: the gap between the two is the resolution the training data did not teach.
+    """
+    said = mentions(prediction)
+    return float(bool(said) and said[0].precision == "day" and said[0].first in days)

@@ -43,6 +43,7 @@ from agent_memory.consolidation.synthesis import Synthesizer, TemplateSynthesize
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, teacher_prompt, train_lora
 from agent_memory.atomic import write_json
 from agent_memory.evals.jsonl import append_row, read_rows
+from agent_memory.evals.plots import grouped_bars
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
 METHODS = ("none", "context", "raw", "qa", "qa+summary+rewrite", "distill", "rag", "distill+rag")
@@ -340,21 +341,9 @@ def internalization_report(summary: dict[str, Any]) -> str:
 
 
 def plot_internalization(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(summary["methods"])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for n, metric in enumerate(("f1", "rouge_l")):
-        ax.bar([i + 0.4 * n for i in range(len(methods))], [summary["methods"][m][metric] for m in methods], 0.4,
-               label={"f1": "token F1", "rouge_l": "ROUGE-L"}[metric])
-    ax.set_xticks([i + 0.2 for i in range(len(methods))], methods)
-    ax.set_ylabel("score vs gold answer")
-    ax.set_title(f"PaperQA {summary.get('probe', 'internalization')}, {len(summary['papers'])} papers")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    methods = summary["methods"]
+    grouped_bars(path, list(methods), {label: [v[metric] for v in methods.values()]
+                                       for metric, label in (("f1", "token F1"), ("rouge_l", "ROUGE-L"))},
+                 "score vs gold answer", f"PaperQA {summary.get('probe', 'internalization')}, {len(summary['papers'])} papers",
+                 size=(6, 3.5))
 

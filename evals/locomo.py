@@ -39,6 +39,7 @@ from agent_memory.errors import ValidationError
 from agent_memory.atomic import write_json
 from agent_memory.evals.dates import date_score
 from agent_memory.evals.jsonl import append_row, read_rows, same_question
+from agent_memory.evals.plots import grouped_bars
 from agent_memory.evals.stats import paired_interval, rounded_mean
 
 DEFAULT_METHODS = ("none", "icl", "rag", "adapter", "router")
@@ -520,24 +521,9 @@ def _claim(out: Path, recipe: dict[str, Any]) -> None:
 
 def plot(summary: dict[str, Any], path: Path) -> None:
     """Bars: F1 per category (adversarial: abstention accuracy), a group per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    results = summary["results"]
     cats = [CATEGORIES[c] for c in (1, 2, 3, 4, 5)]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / max(1, len(results))
-    for n, (method, r) in enumerate(results.items()):
-        ax.bar([c + n * width for c in range(len(cats))], [r["by_category"][c] or 0.0 for c in cats], width, label=method)
-    ax.set_xticks([c + 0.4 - width / 2 for c in range(len(cats))], cats)
-    ax.set_ylabel("LoCoMo F1 (adversarial: abstained)")
-    ax.set_title(f"LoCoMo {', '.join(summary['conversations'])}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    grouped_bars(path, cats, {m: [r["by_category"][c] or 0.0 for c in cats] for m, r in summary["results"].items()},
+                 "LoCoMo F1 (adversarial: abstained)", f"LoCoMo {', '.join(summary['conversations'])}")
 
 
 def _module_recipe(consolidation: dict[str, Any]) -> str:

@@ -47,6 +47,7 @@ from agent_memory.atomic import write_json
 from agent_memory.consolidation.bench import PHONEBOOK_LINE
 from agent_memory.consolidation.consolidator import mean_vector
 from agent_memory.consolidation.trainer import LoraSettings, QAExample, teacher_prompt, train_lora
+from agent_memory.evals.plots import grouped_bars
 
 ROUTED = ("oracle", "embedding", "provenance", "big", "rag", "provenance+rag")
 MERGED = ("ties", "linear", "cat", "cat_scaled")
@@ -291,25 +292,10 @@ def multimodule_report(results: dict[str, Any]) -> str:
 
 
 def plot_multimodule(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = list(results["methods"])
-    fig, ax = plt.subplots(figsize=(8, 3.8))
+    methods = results["methods"]
     metrics = (("exact_match", "exact match"), ("contains", "contains the number"), ("digits", "digits right"))
-    for n, (metric, label) in enumerate(metrics):
-        ax.bar([i + 0.27 * n for i in range(len(methods))], [results["methods"][m][metric] for m in methods], 0.27,
-               label=label)
-    ax.set_xticks([i + 0.27 for i in range(len(methods))], methods)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("share of the facts")
-    ax.legend()
-    ax.set_title(f"PhoneBook, {results['sectors']} sectors x {results['facts_per_sector']} facts: {results['probe']}")
-    ax.tick_params(axis="x", labelrotation=30)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    grouped_bars(path, list(methods), {label: [v[metric] for v in methods.values()] for metric, label in metrics},
+                 "share of the facts", f"PhoneBook, {results['sectors']} sectors x {results['facts_per_sector']} facts: "
+                 f"{results['probe']}", size=(8, 3.8), ylim=(0, 1.05), rotate=True)
 
 

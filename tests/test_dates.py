@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from agent_memory.evals.dates import date_score, gold_window, mentions
+from agent_memory.evals.dates import date_score, gold_window, mentions, said_score
 
 D = date
 
@@ -73,3 +73,25 @@ def test_mentions_are_found_in_order_with_their_precision():
 ])
 def test_the_first_date_of_the_answer_is_scored_against_the_window(prediction, gold, expected):
     assert date_score(prediction, gold) == expected
+
+
+@pytest.mark.parametrize("prediction, expected", [
+    ("On 2 October 2023.", 1.0),                    # the day the evidence was said
+    ("On 14 November 2023.", 1.0),                 # any session that holds evidence
+    ("On 11 August 2023, and on 2 October 2023.", 0.0),   # only the first date counts
+    ("In October 2023.", 0.0),                      # a month is not the day
+    ("On 3 October 2023.", 0.0),
+    ("No date here.", 0.0),
+])
+def test_the_said_date_score_asks_for_the_day_of_an_evidence_session(prediction, expected):
+    sessions = {date(2023, 10, 2), date(2023, 11, 14)}
+    assert said_score(prediction, sessions) == expected
+    assert said_score(prediction, set()) == 0.0
+
+
+def test_naming_when_it_was_said_is_not_naming_when_it_happened():
+    """A module that learned "When did John mention the wedding?" -> the session's day answers a gold resolved from
+    "last week" wrongly by date and rightly by said-date: the two scores measure different things."""
+    answer = "On 2 October 2023."
+    assert date_score(answer, "last week of September 2023") == 0.0
+    assert said_score(answer, {date(2023, 10, 2)}) == 1.0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent_memory.errors import ValidationError
-from agent_memory.evals.breakdown import breakdown, breakdown_report
+from agent_memory.evals.breakdown import breakdown, breakdown_plot, breakdown_report
 from agent_memory.evals.jsonl import append_row
 
 CATEGORY = {0: 2, 1: 1, 2: 4, 3: 2, 4: 3, 5: 5}
@@ -16,8 +16,9 @@ CATEGORY = {0: 2, 1: 1, 2: 4, 3: 2, 4: 3, 5: 5}
 
 
 def _run(folder: Path, scores: dict[str, list[float]], routes: list[str] | None = None, sample_id: str = "conv-a") -> Path:
-    """A finished run's answers.jsonl: per method, the score of questions 0, 1, ... of ``sample_id``."""
-    folder.mkdir()
+    """A finished run's answers.jsonl: per method, the score of questions 0, 1, ... of ``sample_id`` (appended to
+    what ``folder`` holds)."""
+    folder.mkdir(exist_ok=True)
     for method, values in scores.items():
         for index, value in enumerate(values):
             append_row(folder / "answers.jsonl", {
@@ -59,6 +60,19 @@ def test_methods_are_pooled_from_the_first_run_that_answered_them_over_the_share
     assert fixed["oracle"] == 0.625 and fixed["minus_baseline"]["constant 'gold'"]["mean"] == pytest.approx(0.6667 - 0.275, abs=1e-4)
 
 
+def test_consolidated_runs_of_different_conversations_pool_into_one_table(tmp_path):
+    _run(tmp_path / "plain", {"rag": [0.2, 0.0]})
+    plain = _run(tmp_path / "plain", {"rag": [0.4, 0.6]}, sample_id="conv-b")
+    a = _run(tmp_path / "a", {"adapter": [1.0, 0.0]})
+    b = _run(tmp_path / "b", {"adapter": [0.0, 0.5]}, sample_id="conv-b")
+    again = _run(tmp_path / "again", {"adapter": [0.0, 0.0]})
+    table = breakdown([a, b, again, plain])
+    assert table["conversations"] == ["conv-a", "conv-b"] and table["slices"]["all"]["questions"] == 4
+    assert table["slices"]["all"]["f1"] == {"rag": 0.3, "adapter": 0.375}, "conv-a's adapter from a, not from again"
+    assert table["source"] == {"rag": str(plain), "adapter": f"{a}, {b}"}
+    assert f"- adapter: from {a}, {b}" in breakdown_report(table)
+
+
 def test_seen_questions_are_split_from_the_unseen(runs):
     consolidated, plain, fitted = runs
     table = breakdown([consolidated, plain], seen=fitted, baseline="adapter")
@@ -92,9 +106,10 @@ def test_cli(runs, tmp_path, cli_runner):
     consolidated, plain, fitted = runs
     code, printed, err = cli_runner(tmp_path / "home")(
         "eval", "breakdown", "--results", str(consolidated), "--results", str(plain), "--seen", str(fitted),
-        "--constant", "gold", "--json", str(tmp_path / "b.json"))
+        "--constant", "gold", "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"))
     assert code == 0, err
     assert "| constant 'gold' | 0.667 |" in printed and "| router | +0.300 +- " in printed and f"wrote {tmp_path / 'b.json'}" in printed
+    assert (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "b.png").stat().st_size > 1000
     assert json.loads((tmp_path / "b.json").read_text())["slices"]["unseen"]["questions"] == 2
     code, _, err = cli_runner(tmp_path / "home")("eval", "breakdown", "--results", str(plain), "--baseline", "psychic")
     assert code == 2 and "baseline" in err
@@ -123,9 +138,17 @@ def test_temporal_questions_are_also_scored_by_date_against_a_constant_year_and_
         "the year alone is not the day; one of the three sessions with turns is 8 May"
     assert dated["minus_baseline"]["adapter"]["mean"] == pytest.approx(0.6667, abs=1e-4)
     assert dated["oracle"] == 1.0
+    said = table["slices"]["all temporal"]["said"]
+    assert said["questions"] == 1 and said["accuracy"] == {"rag": 0.0, "adapter": 1.0, "constant '2023'": 0.0,
+                                                           "random session date": 0.3333}, \
+        "the evidence of question 1 is in session 1, said on 8 May 2023"
+    assert "said" not in breakdown([run], constants=["2023"])["slices"]["all temporal"], "without --data, no evidence dates"
     every = table["slices"]["all"]
     assert every["f1"]["constant '2023'"] == pytest.approx(0.5 / 3, abs=1e-4), "token F1 gives the year half the date"
     with pytest.raises(ValidationError, match="--data.*holds no conv-a.*the file the runs were made on"):
         breakdown([run, _run(tmp_path / "plain", {"none": [0.0]})], data=data)
     text = breakdown_report(table)
     assert "Date score on temporal questions" in text and "| adapter | 1.000 | +0.667 +- 0.000 |" in text
+    assert "Said-date score on the same questions" in text
+    breakdown_plot(table, tmp_path / "dates.png")
+    assert (tmp_path / "dates.png").stat().st_size > 1000
