@@ -3,8 +3,9 @@
 ``breakdown`` pools the answers of one or more finished ``eval locomo`` runs. Each method on each conversation
 is taken from the first run that answered it there, so a consolidated run that forced only the adapter routes can
 be read beside the ``none``/``icl``/``rag`` rows of a run without consolidation on the same data (those routes
-never touch a module), and consolidated runs of different conversations pool into one table of the whole file. Only the questions of categories 1-4 that every method answered are kept, so every number in a
-column is over the same questions and every difference is paired.
+never touch a module), and consolidated runs of different conversations pool into one table of the whole file.
+Only the questions of categories 1-4 that every method answered are kept, so every number in a column is over the
+same questions and every difference is paired.
 
 The slices: all of them, temporal (category 2, the dates template-trained modules answer best) and the rest
 (1, 3, 4). With ``seen`` (another run's folder, e.g. the slice the router policy was fitted on) the questions

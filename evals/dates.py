@@ -205,7 +205,6 @@ def date_score(prediction: str, gold: str) -> float | None:
     return float(PRECISION[first.precision] >= PRECISION[window.precision] and first.within(window))
 
 
-
 def said_score(prediction: str, days: Collection[date]) -> float:
     """1 when the prediction's first date is, to the day, one of ``days`` (the dates of the sessions that hold a
     question's evidence), else 0.
